@@ -1,0 +1,24 @@
+"""The harness's error types: each names the file, sample id or key at fault."""
+
+from __future__ import annotations
+
+
+class McubError(Exception):
+    """Base class of every error the harness raises on purpose."""
+
+
+class TaskError(McubError):
+    """A task or group definition is invalid, or a name is unknown."""
+
+
+class DataError(McubError):
+    """A question or answer file is missing, malformed or inconsistent."""
+
+
+class MediaError(McubError):
+    """A media file cannot be decoded into what the encoders need."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason

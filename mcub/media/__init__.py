@@ -1,0 +1,59 @@
+"""Media decoders, one module per modality. Each turns a file into the tensors an encoder needs, by a named
+preprocessing of the released encoders, plus a provenance dict saying exactly what was taken from the file."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from mcub.errors import MediaError
+from mcub.modalities import Modality
+
+_MODULES: dict[Modality, str] = {
+    "image": "mcub.media.image",
+    "video": "mcub.media.video",
+    "audio": "mcub.media.audio",
+    "point": "mcub.media.point",
+}
+
+
+@dataclass(frozen=True)
+class MediaInput:
+    """One decoded and preprocessed media file."""
+
+    modality: Modality
+    path: str
+    tensors: dict[str, Any]
+    provenance: dict[str, Any]
+
+
+def preprocessing_names(modality: Modality) -> tuple[str, ...]:
+    """The named preprocessings of a modality; the first is the default (the released encoder's)."""
+    return tuple(importlib.import_module(_MODULES[modality]).PREPROCESSING)
+
+
+def load_media(modality: Modality, path: str, preprocessing: str | None = None) -> MediaInput:
+    """Decode `path` and apply a named preprocessing (default: the one the released checkpoints used)."""
+    module = importlib.import_module(_MODULES[modality])
+    name = preprocessing or next(iter(module.PREPROCESSING))
+    if name not in module.PREPROCESSING:
+        raise ValueError(f"unknown {modality} preprocessing {name!r}; known: {', '.join(module.PREPROCESSING)}")
+    tensors, provenance = module.PREPROCESSING[name](path)
+    return MediaInput(modality, path, tensors, {"path": path, "preprocessing": name, **provenance})
+
+
+def check_file(path: str) -> None:
+    """Fail with a MediaError unless `path` is a non-empty regular file."""
+    import os
+
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        raise MediaError(path, "no such file") from None
+    except OSError as error:
+        raise MediaError(path, f"cannot be read ({error.strerror})") from None
+    if not os.path.isfile(path):
+        raise MediaError(path, "not a regular file")
+    if size == 0:
+        raise MediaError(path, "empty file (0 bytes)")

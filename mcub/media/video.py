@@ -1,0 +1,128 @@
+"""Videos: 8 frames at the reference's indices (decord, or PyAV), and LanguageBind's 224 preprocessing."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from mcub.errors import MediaError
+from mcub.media import check_file
+from mcub.media.image import CLIP_MEAN, CLIP_STD, decode_image
+
+NUM_FRAMES = 8
+LANGUAGEBIND_SIZE = 224
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+Backend = Literal["decord", "pyav"]
+
+
+def frame_indices(total_frames: int, count: int = NUM_FRAMES) -> list[int]:
+    """The reference's rule: `linspace(0, total - 1, count)` truncated to int (repeats when total < count)."""
+    if total_frames < 1:
+        raise ValueError("a video needs at least one frame")
+    return [int(index) for index in np.linspace(0, total_frames - 1, count).astype(np.int64)]
+
+
+def decode_video(
+    path: str, num_frames: int = NUM_FRAMES, backend: Backend = "decord"
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """`num_frames` frames as uint8 (T, H, W, 3). A still image is a 1-frame video, as in the reference."""
+    check_file(path)
+    if Path(path).suffix.lower() in IMAGE_SUFFIXES:
+        image, provenance = decode_image(path)
+        frames = np.array(image, dtype=np.uint8)[None]
+        return frames, {**provenance, "total_frames": 1, "frame_indices": [0], "repeated_frames": False}
+    reader = _read_decord if backend == "decord" else _read_pyav
+    total, indices, frames, fps = reader(path, num_frames)
+    if frames.shape[0] != len(indices):
+        raise MediaError(path, f"decoded {frames.shape[0]} of the {len(indices)} frames asked for (truncated?)")
+    provenance = {
+        "decoder": backend,
+        "total_frames": total,
+        "fps": fps,
+        "frame_indices": indices,
+        "repeated_frames": total < num_frames,
+        "height": int(frames.shape[1]),
+        "width": int(frames.shape[2]),
+        "horizontal_flip": False,
+    }
+    return frames, provenance
+
+
+def _read_decord(path: str, num_frames: int) -> tuple[int, list[int], np.ndarray, float]:
+    import decord
+
+    try:
+        reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+        total = len(reader)
+        if total < 1:
+            raise MediaError(path, "the video has no frames")
+        indices = frame_indices(total, num_frames)
+        frames = reader.get_batch(indices).asnumpy()
+        fps = float(reader.get_avg_fps())
+    except (decord.DECORDError, RuntimeError) as error:
+        raise MediaError(path, f"undecodable video ({str(error).splitlines()[0]})") from None
+    return total, indices, frames, fps
+
+
+def _read_pyav(path: str, num_frames: int) -> tuple[int, list[int], np.ndarray, float]:
+    import av
+
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise MediaError(path, "no video stream")
+            stream = container.streams.video[0]
+            total = sum(1 for packet in container.demux(stream) if packet.size)
+            if total < 1:
+                raise MediaError(path, "the video has no frames")
+            indices = frame_indices(total, num_frames)
+            container.seek(0)
+            wanted = set(indices)
+            decoded: dict[int, np.ndarray] = {}
+            for position, frame in enumerate(container.decode(stream)):
+                if position in wanted:
+                    decoded[position] = frame.to_ndarray(format="rgb24")
+                if position >= indices[-1]:
+                    break
+            fps = float(stream.average_rate) if stream.average_rate else math.nan
+    except av.FFmpegError as error:
+        raise MediaError(path, f"undecodable video ({error})") from None
+    frames = [decoded[index] for index in indices if index in decoded]
+    return total, indices, np.stack(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8), fps
+
+
+def languagebind_pixel_values(frames: np.ndarray, size: int = LANGUAGEBIND_SIZE) -> torch.Tensor:
+    """LanguageBind's eval steps minus the random flip: /255, normalise, short side to `size`, centre crop.
+
+    Returns (3, T, size, size), normalising before resizing as the reference does."""
+    video = torch.from_numpy(frames).permute(3, 0, 1, 2).to(torch.float32) / 255.0
+    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1, 1)
+    std = torch.tensor(CLIP_STD).view(3, 1, 1, 1)
+    video = (video - mean) / std
+    _, _, height, width = video.shape
+    if width < height:
+        new_height, new_width = int(math.floor(height / width * size)), size
+    else:
+        new_height, new_width = size, int(math.floor(width / height * size))
+    video = torch.nn.functional.interpolate(video, size=(new_height, new_width), mode="bilinear", align_corners=False)
+    top = int(round((new_height - size) / 2.0))
+    left = int(round((new_width - size) / 2.0))
+    return video[:, :, top : top + size, left : left + size].contiguous()
+
+
+def _languagebind(backend: Backend):
+    def preprocess(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        frames, provenance = decode_video(path, NUM_FRAMES, backend)
+        return {"pixel_values": languagebind_pixel_values(frames)}, provenance
+
+    return preprocess
+
+
+PREPROCESSING = {
+    "languagebind-224": _languagebind("decord"),
+    "languagebind-224-pyav": _languagebind("pyav"),
+}
