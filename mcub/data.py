@@ -24,7 +24,10 @@ _RESERVED_KEYS = {"id", "conversations", "modal_inputs"}
 
 @dataclass(frozen=True)
 class Sample:
-    """One question: the human turn with placeholders, its media in placeholder order, options and gold."""
+    """One question: the human turn with placeholders, its media in placeholder order, options and gold.
+
+    `error` is set when the record has a gold answer but cannot be posed (e.g. placeholders and media
+    disagree): such a sample counts in the denominator and is recorded as an error, never skipped."""
 
     task: str
     id: str
@@ -33,6 +36,7 @@ class Sample:
     options: dict[str, str]
     answer: str
     meta: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,7 @@ class DataPaths:
 
 @dataclass(frozen=True)
 class TaskData:
-    """A task's samples, the problems found while reading them, and the hashes of its files."""
+    """A task's samples, the records that could not become samples, and the hashes of its files."""
 
     task: TaskSpec
     question_file: Path
@@ -67,7 +71,13 @@ class TaskData:
     question_sha256: str
     answer_sha256: str
     samples: list[Sample]
-    problems: list[Problem]
+    record_problems: list[Problem]
+
+    @property
+    def problems(self) -> list[Problem]:
+        """Every problem: records that are not samples, and samples that cannot be posed."""
+        posed = [Problem(str(self.question_file), s.error, (s.id,)) for s in self.samples if s.error]
+        return [*self.record_problems, *posed]
 
     def raise_for_problems(self) -> None:
         if self.problems:
@@ -75,10 +85,13 @@ class TaskData:
             raise DataError(f"task {self.task.name}: {len(self.problems)} problem(s) in its data:\n{listing}")
 
 
-def load_task(task: TaskSpec, paths: DataPaths = DataPaths()) -> TaskData:
-    """Read a task's question and answer files into Samples; problems with single records are collected."""
+def load_task(task: TaskSpec, paths: DataPaths = DataPaths(), answer_file: Path | None = None) -> TaskData:
+    """Read a task's question and answer files into Samples; problems with single records are collected.
+    `answer_file` replaces the task's own answer file."""
     question_file = locate_file(task, task.questions, paths)
-    answer_file = locate_file(task, task.answers, paths)
+    answer_file = answer_file or locate_file(task, task.answers, paths)
+    if not answer_file.is_file():
+        raise DataError(f"{answer_file}: answer file not found")
     question_bytes = question_file.read_bytes()
     answer_bytes = answer_file.read_bytes()
     questions = _parse_records(question_file, question_bytes)
@@ -94,7 +107,7 @@ def load_task(task: TaskSpec, paths: DataPaths = DataPaths()) -> TaskData:
         question_sha256=hashlib.sha256(question_bytes).hexdigest(),
         answer_sha256=hashlib.sha256(answer_bytes).hexdigest(),
         samples=samples,
-        problems=problems,
+        record_problems=problems,
     )
 
 
@@ -176,6 +189,11 @@ def _leading_run(pairs: list[tuple[str, str]]) -> dict[str, str]:
     return options
 
 
+def read_records_file(path: Path) -> list[dict[str, Any]]:
+    """The records of a question or answer file, as stored (ids keep their JSON type)."""
+    return _parse_records(path, path.read_bytes())
+
+
 def _parse_records(path: Path, raw: bytes) -> list[dict[str, Any]]:
     try:
         records = json.loads(raw)
@@ -209,7 +227,9 @@ def _gold_answers(
             continue
         if sample_id in gold and gold[sample_id][0] != answer:
             problems.append(
-                Problem(str(path), f"id given twice with different answers {gold[sample_id][0]!r}, {answer!r}", (sample_id,))
+                Problem(
+                    str(path), f"id given twice with different answers {gold[sample_id][0]!r}, {answer!r}", (sample_id,)
+                )
             )
         extras = {key: value for key, value in record.items() if key not in _RESERVED_KEYS}
         gold[sample_id] = (answer, extras)
@@ -284,13 +304,16 @@ def _sample(
 ) -> Sample:
     sample_id = str(record["id"])
     prompt = _human_turn(record)
-    media = _media_in_placeholder_order(task, prompt, record.get("modal_inputs", {}), paths)
     if sample_id not in gold:
         raise ValueError(f"no answer for this id in {task.answers}")
     answer, answer_extras = gold[sample_id]
-    options = _options(task, prompt, answer)
     extras = {key: value for key, value in record.items() if key not in _RESERVED_KEYS}
     meta = {**answer_extras, **extras, "question_index": index}
+    try:
+        media = _media_in_placeholder_order(task, prompt, record.get("modal_inputs", {}), paths)
+        options = _options(task, prompt, answer)
+    except ValueError as error:
+        return Sample(task.name, sample_id, prompt, (), {}, answer, meta, error=str(error))
     return Sample(task.name, sample_id, prompt, media, options, answer, meta)
 
 
@@ -327,7 +350,9 @@ def _media_in_placeholder_order(
     for modality in MODALITIES:
         given = len(files.get(modality, []))
         if placed[modality] != given:
-            raise ValueError(f"{placed[modality]} {PLACEHOLDERS[modality]} placeholder(s) but {given} {modality} file(s)")
+            raise ValueError(
+                f"{placed[modality]} {PLACEHOLDERS[modality]} placeholder(s) but {given} {modality} file(s)"
+            )
         if given and modality not in task.modalities:
             raise ValueError(f"has {modality} input, which task {task.name} does not declare")
     data_root = task.data_root(paths.data_root)

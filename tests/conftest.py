@@ -25,7 +25,11 @@ def question(sample_id: Any, prompt: str, **modal_inputs: list[str]) -> dict[str
 
 def answer(sample_id: Any, gold: str, **extra: Any) -> dict[str, Any]:
     """An answer record: the gold answer is the last turn's value."""
-    return {"id": sample_id, "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": gold}], **extra}
+    return {
+        "id": sample_id,
+        "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": gold}],
+        **extra,
+    }
 
 
 def write_json(path: Path, records: Any) -> Path:

@@ -11,7 +11,6 @@ from mcub.media.image import CLIP_MEAN, CLIP_MEAN_RGB, CLIP_STD, clip_pixel_valu
 from mcub.media.point import decode_points, normalize_points, resample_points
 from mcub.media.video import decode_video, frame_indices, languagebind_pixel_values
 
-
 # image
 
 
@@ -154,11 +153,14 @@ def test_npy_and_ply_point_clouds(tmp_path):
     from plyfile import PlyData, PlyElement
 
     six, provenance = decode_points(str(synthetic.write_points(tmp_path / "p.npy", 2048, 6)))
-    assert six.shape == (2048, 6) and six.dtype == np.float32 and provenance == {"format": "npy", "count": 2048, "dims": 6}
+    assert (
+        six.shape == (2048, 6) and six.dtype == np.float32 and provenance == {"format": "npy", "count": 2048, "dims": 6}
+    )
     three, _ = decode_points(str(synthetic.write_points(tmp_path / "q.npy", 100, 3)))
     assert three.shape == (100, 3)
     vertices = np.array(
-        [(0.0, 1.0, 2.0, 255, 0, 51)], dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
+        [(0.0, 1.0, 2.0, 255, 0, 51)],
+        dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")],
     )
     PlyData([PlyElement.describe(vertices, "vertex")]).write(str(tmp_path / "c.ply"))
     ply, _ = decode_points(str(tmp_path / "c.ply"))

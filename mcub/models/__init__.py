@@ -1,0 +1,1 @@
+"""Model adapters: the Model interface, the registry of models/*.yaml, baselines and ModelCompose."""

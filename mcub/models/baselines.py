@@ -1,0 +1,161 @@
+"""Baselines: `random` (seeded chance) and `blind` (a causal LM that answers from the text alone)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from mcub.data import Sample
+from mcub.media import MediaInput
+from mcub.modalities import MODALITIES
+from mcub.models.base import Model, PreparedBatch, Runtime, Stop
+from mcub.prompts import strip_placeholders, vicuna_v1
+
+
+def sample_seed(seed: int, sample: Sample) -> int:
+    """A per-sample seed that depends on nothing but the run seed and the sample's identity."""
+    digest = hashlib.sha256(f"{seed}\0{sample.task}\0{sample.id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+class RandomModel(Model):
+    """Uniform choice over a question's options, seeded per sample; open questions get an empty answer."""
+
+    modalities = frozenset(MODALITIES)
+    media_preprocessing = None
+
+    def __init__(self, runtime: Runtime, seed: int | None = None):
+        self.seed = runtime.seed if seed is None else seed
+
+    def prepare(self, samples: list[Sample], media: list[list[MediaInput]]) -> PreparedBatch:
+        return PreparedBatch(samples, [vicuna_v1(sample.prompt) for sample in samples])
+
+    def generate(self, batch: PreparedBatch, max_new_tokens: int, stop: Stop = "eos") -> list[str]:
+        import numpy as np
+
+        answers = []
+        for sample in batch.samples:
+            if not sample.options:
+                answers.append("")
+                continue
+            key = list(sample.options)[
+                np.random.default_rng(sample_seed(self.seed, sample)).integers(len(sample.options))
+            ]
+            answers.append(key if len(key) == 1 and key.isalpha() else sample.options[key])
+        return answers
+
+    def loglik(self, batch: PreparedBatch, continuations: list[list[str]]) -> list[list[float]]:
+        import numpy as np
+
+        return [
+            np.log(np.random.default_rng(sample_seed(self.seed, sample)).random(len(options))).tolist()
+            for sample, options in zip(batch.samples, continuations, strict=True)
+        ]
+
+    def describe(self) -> dict[str, Any]:
+        return {"adapter": "random", "seed": self.seed}
+
+
+class BlindModel(Model):
+    """A Hugging Face causal LM under the vicuna_v1 template, with every media placeholder removed."""
+
+    modalities = frozenset(MODALITIES)
+    media_preprocessing = None
+
+    def __init__(self, pretrained: str, runtime: Runtime):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.pretrained = pretrained
+        self.runtime = runtime
+        self.tokenizer = AutoTokenizer.from_pretrained(pretrained)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.unk_token or self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(pretrained, dtype=getattr(torch, runtime.dtype))
+        self.model.to(runtime.device).eval()
+
+    def prepare(self, samples: list[Sample], media: list[list[MediaInput]]) -> PreparedBatch:
+        return PreparedBatch(samples, [vicuna_v1(strip_placeholders(sample.prompt)) for sample in samples])
+
+    def generate(self, batch: PreparedBatch, max_new_tokens: int, stop: Stop = "eos") -> list[str]:
+        import torch
+        from transformers import StoppingCriteriaList
+
+        encoded = self.tokenizer(batch.prompts, return_tensors="pt", padding=True).to(self.runtime.device)
+        criteria = StoppingCriteriaList(
+            [_FirstCharacterStop(self.tokenizer, encoded.input_ids.shape[1])] if stop == "first-character" else []
+        )
+        with torch.inference_mode():
+            generated = self.model.generate(
+                **encoded,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=self.tokenizer.pad_token_id,
+                stopping_criteria=criteria,
+            )
+        new_tokens = generated[:, encoded.input_ids.shape[1] :]
+        return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+    def loglik(self, batch: PreparedBatch, continuations: list[list[str]]) -> list[list[float]]:
+        return [
+            self._continuation_logliks(prompt, options)
+            for prompt, options in zip(batch.prompts, continuations, strict=True)
+        ]
+
+    def _continuation_logliks(self, prompt: str, continuations: list[str]) -> list[float]:
+        """Sum of token log-probabilities of `prompt + " " + continuation` after the tokens it shares with
+        the prompt alone (so tokenisation merges at the boundary are scored, not dropped)."""
+        import torch
+
+        context = self.tokenizer(prompt).input_ids
+        full = [self.tokenizer(f"{prompt} {text}").input_ids for text in continuations]
+        starts = [_common_prefix(context, ids) for ids in full]
+        width = max(len(ids) for ids in full)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids in full], device=self.runtime.device)
+        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in full], device=self.runtime.device)
+        with torch.inference_mode():
+            logits = self.model(input_ids=input_ids, attention_mask=mask).logits.float()
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+        targets = input_ids[:, 1:]
+        token_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return [
+            float(token_logprobs[row, start - 1 : len(ids) - 1].sum())
+            for row, (ids, start) in enumerate(zip(full, starts, strict=True))
+        ]
+
+    def describe(self) -> dict[str, Any]:
+        config = Path(self.pretrained) / "config.json"
+        return {
+            "adapter": "blind",
+            "pretrained": self.pretrained,
+            "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None,
+            "dtype": self.runtime.dtype,
+        }
+
+
+def _common_prefix(first: list[int], second: list[int]) -> int:
+    length = 0
+    for a, b in zip(first, second, strict=False):
+        if a != b:
+            break
+        length += 1
+    return max(1, min(length, len(second) - 1))
+
+
+class _FirstCharacterStop:
+    """Stops generation once every row's new text holds a non-space character (the first-character score
+    cannot change after that)."""
+
+    def __init__(self, tokenizer: Any, prompt_length: int):
+        self.tokenizer = tokenizer
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
+        return torch.tensor([bool(text.strip()) for text in texts], device=input_ids.device)

@@ -1,0 +1,377 @@
+"""The runner: decodes media in DataLoader workers, feeds the model batches of similar length, scores each
+output and appends a record per sample, resumes from whatever records exist, and shares the samples between
+torchrun ranks through a work queue."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mcub.data import Sample, TaskData
+from mcub.errors import McubError, MediaError
+from mcub.media import MediaInput, check_file, load_media
+from mcub.models.base import Model, PreparedBatch
+from mcub.results import RecordLog, read_records, write_records
+from mcub.scoring import Outcome, authors_postprocess, score_generated, score_loglik, score_paper
+from mcub.tasks import TaskSpec
+
+
+class RunError(McubError):
+    """A run cannot go on (strict mode met an error, or a task cannot be run as asked)."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How samples are run: protocol (None: each task's own), batching, decoding limits, seed, strictness."""
+
+    protocol: str | None = None
+    batch_size: int = 1
+    num_workers: int = 0
+    max_new_tokens: int = 128
+    seed: int = 0
+    strict: bool = False
+    limit: int | None = None
+
+
+class Distributed:
+    """This process's place among torchrun ranks (or alone), with a shared counter for the work queue."""
+
+    def __init__(self, rank: int = 0, world_size: int = 1, store: Any = None):
+        self.rank = rank
+        self.world_size = world_size
+        self._store = store
+        self._local_counters: dict[str, int] = {}
+
+    @classmethod
+    def from_environment(cls, device: str) -> Distributed:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size == 1:
+            return cls()
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        return cls(dist.get_rank(), world_size, dist.distributed_c10d._get_default_store())
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def claim(self, key: str) -> int:
+        """The next unclaimed index under `key`, atomically across ranks."""
+        if self._store is None:
+            self._local_counters[key] = self._local_counters.get(key, 0) + 1
+            return self._local_counters[key] - 1
+        return int(self._store.add(f"mcub/{key}", 1)) - 1
+
+    def share(self, key: str, value: str | None) -> str:
+        """The main rank's `value`, on every rank."""
+        if self._store is None:
+            return value or ""
+        if self.is_main:
+            self._store.set(f"mcub/{key}", value or "")
+        return self._store.get(f"mcub/{key}").decode()
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+@dataclass
+class LoadedSample:
+    """A sample with its decoded media, or the reason it cannot be posed."""
+
+    sample: Sample
+    media: list[MediaInput] = field(default_factory=list)
+    provenance: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    decode_s: float = 0.0
+
+
+class SampleDataset:
+    """Map-style dataset: decoding a sample's media happens in the DataLoader worker that fetches it."""
+
+    def __init__(self, samples: list[Sample], preprocessing: dict[str, str] | None):
+        self.samples = samples
+        self.preprocessing = preprocessing
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> LoadedSample:
+        sample = self.samples[index]
+        if sample.error:
+            return LoadedSample(sample, error=f"data error: {sample.error}")
+        start = time.perf_counter()
+        loaded = LoadedSample(sample)
+        try:
+            for modality, path in sample.media:
+                if self.preprocessing is None:
+                    check_file(path)
+                    loaded.provenance.append({"path": path, "modality": modality, "decoded": False})
+                else:
+                    media = load_media(modality, path, self.preprocessing.get(modality))
+                    loaded.media.append(media)
+                    loaded.provenance.append({"modality": modality, **media.provenance})
+        except MediaError as error:
+            loaded.error = f"media error: {error}"
+        loaded.decode_s = time.perf_counter() - start
+        return loaded
+
+
+def protocol_for(task: TaskSpec, settings: RunSettings) -> str:
+    """The protocol a task runs under, or a RunError saying why it cannot run under the one asked for."""
+    protocol = settings.protocol or task.protocol
+    if protocol == "paper" and task.paper_match is None:
+        raise RunError(
+            f"task {task.name} has no `paper` protocol (the authors scored it with a GPT judge); "
+            "use --protocol loglik or generate"
+        )
+    if protocol == "loglik" and task.answer_type == "text":
+        raise RunError(f"task {task.name} has open answers; `loglik` needs options (use paper or generate)")
+    return protocol
+
+
+def run_task(
+    model: Model, data: TaskData, settings: RunSettings, records_dir: Path, dist: Distributed, progress: bool = True
+) -> list[str]:
+    """Run every sample of a task that has no record yet; return notes on damaged records that were redone.
+
+    Each rank appends to its own part file; the main rank folds parts into `<task>.jsonl` before and after."""
+    task = data.task
+    protocol = protocol_for(task, settings)
+    samples = data.samples[: settings.limit] if settings.limit is not None else data.samples
+    main_file = records_dir / f"{task.name}.jsonl"
+    notes: list[str] = []
+    if dist.is_main:
+        notes = consolidate_records(records_dir, task.name)
+    dist.barrier()
+    done, _ = read_records(main_file, repair=False)
+    pending = [sample for sample in samples if sample.id not in done]
+    batches = length_sorted_batches(pending, settings.batch_size)
+    queue_key = f"{task.name}/{hashlib.sha256(os.urandom(8)).hexdigest()[:8]}"
+    queue_key = dist.share(f"{task.name}/queue", queue_key)
+    log = RecordLog(records_dir / f"{task.name}.rank{dist.rank}.jsonl")
+    try:
+        claim = lambda: dist.claim(queue_key)  # noqa: E731
+        for items in _loader(pending, batches, model, settings, claim, progress and dist.is_main, task.name):
+            log.append(evaluate_batch(model, items, data, protocol, settings))
+    finally:
+        log.close()
+    dist.barrier()
+    if dist.is_main:
+        notes += consolidate_records(records_dir, task.name)
+    return notes
+
+
+def consolidate_records(records_dir: Path, task_name: str) -> list[str]:
+    """Fold every part file of a task into `<task>.jsonl` (one record per id), repairing damaged lines."""
+    main_file = records_dir / f"{task_name}.jsonl"
+    merged, notes = read_records(main_file)
+    parts = sorted(records_dir.glob(f"{task_name}.rank*.jsonl"))
+    for part in parts:
+        records, damaged = read_records(part)
+        merged.update(records)
+        notes += damaged
+    if parts or notes or not main_file.exists():
+        records_dir.mkdir(parents=True, exist_ok=True)
+        write_records(main_file, list(merged.values()))
+        for part in parts:
+            part.unlink()
+    return notes
+
+
+def length_sorted_batches(samples: list[Sample], batch_size: int) -> list[list[int]]:
+    """Indices into `samples`, batched so that samples of similar cost (media count, prompt length) share a
+    batch; the costliest batches come first, so memory problems show at once."""
+    order = sorted(range(len(samples)), key=lambda i: (-len(samples[i].media), -len(samples[i].prompt), i))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+class _QueueBatchSampler:
+    """Yields batches in the order this rank claims them from the shared counter."""
+
+    def __init__(self, batches: list[list[int]], claim: Callable[[], int]):
+        self.batches = batches
+        self.claim = claim
+
+    def __iter__(self) -> Iterator[list[int]]:
+        while (index := self.claim()) < len(self.batches):
+            yield self.batches[index]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _loader(
+    samples: list[Sample],
+    batches: list[list[int]],
+    model: Model,
+    settings: RunSettings,
+    claim: Callable[[], int],
+    progress: bool,
+    name: str,
+) -> Iterator[list[LoadedSample]]:
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    if not batches:
+        return
+    loader = DataLoader(
+        SampleDataset(samples, model.media_preprocessing),
+        batch_sampler=_QueueBatchSampler(batches, claim),
+        num_workers=settings.num_workers,
+        collate_fn=list,
+        pin_memory=False,
+    )
+    with tqdm(total=len(samples), desc=name, unit="sample", disable=not progress, dynamic_ncols=True) as bar:
+        for items in loader:
+            yield items
+            bar.update(len(items))
+
+
+def evaluate_batch(
+    model: Model, items: list[LoadedSample], data: TaskData, protocol: str, settings: RunSettings
+) -> list[dict[str, Any]]:
+    """Run the model on the posable samples of a batch and make one record per sample."""
+    ready = [item for item in items if item.error is None]
+    if settings.strict:
+        for item in items:
+            if item.error:
+                raise RunError(f"{data.task.name} sample {item.sample.id}: {item.error}")
+    prompts: list[str | None] = [None] * len(ready)
+    answers: list[tuple[str | None, dict[str, float] | None]] = [(None, None)] * len(ready)
+    model_error = None
+    start = time.perf_counter()
+    if ready:
+        try:
+            prepared = model.prepare([item.sample for item in ready], [item.media for item in ready])
+            prompts = list(prepared.prompts)
+            answers = _answers(model, prepared, protocol, data.task, settings)
+        except Exception as error:  # noqa: BLE001 - recorded per sample below; strict mode re-raises
+            if settings.strict:
+                raise
+            model_error = f"model error: {type(error).__name__}: {error}"
+    model_s = (time.perf_counter() - start) / max(1, len(ready))
+    by_id = {id(item): index for index, item in enumerate(ready)}
+    records = []
+    for item in items:
+        index = by_id.get(id(item))
+        error = item.error or model_error
+        prompt, (output, logliks) = (prompts[index], answers[index]) if index is not None else (None, (None, None))
+        outcome = _outcome(item.sample, data.task, protocol, output, logliks) if error is None else None
+        records.append(
+            _record(
+                item, data, protocol, prompt, output, logliks, outcome, error, model_s if index is not None else 0.0
+            )
+        )
+    return records
+
+
+def _answers(
+    model: Model, prepared: PreparedBatch, protocol: str, task: TaskSpec, settings: RunSettings
+) -> list[tuple[str | None, dict[str, float] | None]]:
+    if protocol == "loglik":
+        keys = [list(sample.options) for sample in prepared.samples]
+        continuations = [
+            keys_ if task.answer_type == "letter" else [sample.options[key] for key in keys_]
+            for sample, keys_ in zip(prepared.samples, keys, strict=True)
+        ]
+        scores = model.loglik(prepared, continuations)
+        return [(None, dict(zip(keys_, values, strict=True))) for keys_, values in zip(keys, scores, strict=True)]
+    stop = "first-character" if protocol == "paper" and task.paper_match == "first-character" else "eos"
+    return [(text, None) for text in model.generate(prepared, settings.max_new_tokens, stop)]
+
+
+def _outcome(
+    sample: Sample, task: TaskSpec, protocol: str, output: str | None, logliks: dict[str, float] | None
+) -> Outcome:
+    if protocol == "loglik":
+        return score_loglik(logliks or {}, sample.answer)
+    if protocol == "paper":
+        return score_paper(authors_postprocess(output or ""), sample.answer, sample.options, task.paper_match or "")
+    return score_generated(output or "", sample.answer, sample.options)
+
+
+def _record(
+    item: LoadedSample,
+    data: TaskData,
+    protocol: str,
+    prompt: str | None,
+    output: str | None,
+    logliks: dict[str, float] | None,
+    outcome: Outcome | None,
+    error: str | None,
+    model_s: float,
+) -> dict[str, Any]:
+    sample = item.sample
+    meta = {key: value for key, value in sample.meta.items() if key != "question_index"}
+    return {
+        "task": sample.task,
+        "id": sample.id,
+        "question_index": sample.meta["question_index"],
+        "condition": "default",
+        "protocol": protocol,
+        "question_sha256": data.question_sha256,
+        "answer_sha256": data.answer_sha256,
+        "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest() if prompt is not None else None,
+        "options": sample.options,
+        "gold": sample.answer,
+        "output": output,
+        "extracted": outcome.extracted if outcome else None,
+        "extraction": outcome.method if outcome else None,
+        "unparseable": outcome.unparseable if outcome else False,
+        "option_logliks": logliks,
+        "correct": bool(outcome and outcome.correct),
+        "error": error,
+        "media": item.provenance,
+        "meta": meta,
+        "timing": {"decode_s": round(item.decode_s, 6), "model_s": round(model_s, 6)},
+    }
+
+
+def summarize(
+    datasets: list[TaskData],
+    records_dir: Path,
+    settings: RunSettings,
+    group_members: dict[str, list[str]],
+    notes: dict[str, list[str]],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Task and group summaries, computed from the record files alone."""
+    from mcub.results import TaskSummary
+    from mcub.scoring import group_metrics, task_metrics
+
+    tasks = {}
+    for data in datasets:
+        samples = data.samples[: settings.limit] if settings.limit is not None else data.samples
+        records, _ = read_records(records_dir / f"{data.task.name}.jsonl", repair=False)
+        tasks[data.task.name] = TaskSummary(
+            task=data.task.name,
+            family=data.task.family,
+            protocol=protocol_for(data.task, settings),
+            paper_match=data.task.paper_match,
+            question_file=str(data.question_file),
+            answer_file=str(data.answer_file),
+            question_sha256=data.question_sha256,
+            answer_sha256=data.answer_sha256,
+            data_problems=[str(problem) for problem in data.record_problems] + notes.get(data.task.name, []),
+            metrics=task_metrics([sample.id for sample in samples], records, data.task.breakdown, settings.seed),
+        )
+    groups = {
+        name: group_metrics({task: tasks[task].metrics for task in members}, settings.seed)
+        for name, members in group_members.items()
+        if all(task in tasks for task in members)
+    }
+    return tasks, groups

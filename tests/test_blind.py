@@ -1,0 +1,66 @@
+import json
+
+import pytest
+import torch
+from tiny_models import write_tiny_llama
+
+from mcub.data import Sample
+from mcub.eval import main as eval_main
+from mcub.models.base import Runtime
+from mcub.models.baselines import BlindModel
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def _samples():
+    prompt = "image: <image>\naudio: <audio>\nWhich attribute is shared?\nA. a dog\nB. rain\nC. music\nD. a car"
+    options = {"A": "a dog", "B": "rain", "C": "music", "D": "a car"}
+    return [
+        Sample("t", "1", prompt, (), options, "A", {"question_index": 0}),
+        Sample("t", "2", "<video>\nShort?\nA. yes\nB. no", (), {"A": "yes", "B": "no"}, "B", {"question_index": 1}),
+    ]
+
+
+def test_blind_prompts_have_no_media(tiny_llama):
+    model = BlindModel(str(tiny_llama), Runtime())
+    prompts = model.prepare(_samples(), [[], []]).prompts
+    assert prompts[0].endswith("USER: Which attribute is shared?\nA. a dog\nB. rain\nC. music\nD. a car ASSISTANT:")
+    assert all("<" not in prompt for prompt in prompts)
+
+
+def test_batched_generation_equals_one_by_one(tiny_llama):
+    model = BlindModel(str(tiny_llama), Runtime())
+    samples = _samples()
+    batched = model.generate(model.prepare(samples, [[], []]), max_new_tokens=6)
+    single = [model.generate(model.prepare([s], [[]]), max_new_tokens=6)[0] for s in samples]
+    assert batched == single and all(isinstance(text, str) for text in batched)
+
+
+def test_loglik_is_the_sum_of_continuation_token_logprobs(tiny_llama):
+    model = BlindModel(str(tiny_llama), Runtime())
+    batch = model.prepare(_samples()[:1], [[]])
+    [scores] = model.loglik(batch, [["A", "B"]])
+    tokenizer, network = model.tokenizer, model.model
+    for letter, score in zip(["A", "B"], scores, strict=True):
+        context = tokenizer(batch.prompts[0]).input_ids
+        full = tokenizer(f"{batch.prompts[0]} {letter}").input_ids
+        assert full[: len(context)] == context
+        with torch.no_grad():
+            logprobs = torch.log_softmax(network(torch.tensor([full])).logits[0].float(), dim=-1)
+        expected = sum(logprobs[i - 1, full[i]].item() for i in range(len(context), len(full)))
+        assert score == pytest.approx(expected, abs=1e-4)
+
+
+def test_blind_model_runs_the_sample_task_end_to_end(tiny_llama, tmp_path, capsys):
+    args = ["--model", "blind-vicuna", "--model-arg", f"pretrained={tiny_llama}", "--tasks", "mcub-sample"]
+    common = ["--output-dir", str(tmp_path), "--no-progress", "--num-workers", "0", "--max-new-tokens", "4"]
+    assert eval_main([*args, *common, "--run-name", "b", "--batch-size", "2"]) == 0
+    lines = (tmp_path / "blind-vicuna" / "b" / "records" / "mcub-sample.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) == 5 and all(r["error"] is None and isinstance(r["output"], str) for r in records)
+    summary = json.loads((tmp_path / "blind-vicuna" / "b" / "summary.json").read_text())
+    assert summary["model"]["adapter"] == "blind" and summary["model"]["pretrained"] == str(tiny_llama)
+    assert summary["model"]["config_sha256"] and summary["tasks"]["mcub-sample"]["metrics"]["n"] == 5

@@ -1,0 +1,136 @@
+import json
+
+import pytest
+
+from mcub.eval import main as eval_main
+from mcub.models.baselines import RandomModel
+from mcub.results import Record, read_summary
+from mcub.runner import SampleDataset
+from mcub.tasks import BUNDLED_DATA_ROOT, load_registry
+
+
+def _run(tmp_path, *extra):
+    return eval_main(
+        ["--model", "random", "--output-dir", str(tmp_path / "results"), "--no-progress", "--num-workers", "0", *extra]
+    )
+
+
+def _records(run_dir, task="mcub-sample"):
+    return [json.loads(line) for line in (run_dir / "records" / f"{task}.jsonl").read_text().splitlines()]
+
+
+def _metrics(run_dir):
+    summary = read_summary(run_dir)
+    return {name: task.metrics.model_dump() for name, task in summary.tasks.items()}, summary.groups
+
+
+def test_random_on_the_sample_writes_a_run_and_resume_does_no_model_work(tmp_path, capsys, monkeypatch):
+    assert _run(tmp_path, "--tasks", "mcub-sample", "--run-name", "first") == 0
+    out = capsys.readouterr().out
+    assert "| mcub-sample | paper | 5 |" in out
+    run_dir = tmp_path / "results" / "random" / "first"
+    assert f"run directory: {run_dir}" in out
+    assert {p.name for p in run_dir.iterdir()} == {"run.json", "summary.json", "table.md", "records"}
+    records = _records(run_dir)
+    assert [r["id"] for r in records] == [f"mcub-sample-{i}" for i in range(5)]
+    for record in records:
+        Record.model_validate(record)
+        assert record["extraction"] == "first-character" and record["error"] is None
+        assert [m["modality"] for m in record["media"]] == ["image", "audio", "video", "point"]
+    summary = read_summary(run_dir)
+    metrics = summary.tasks["mcub-sample"].metrics
+    assert metrics.correct == sum(r["correct"] for r in records) and metrics.n == 5
+    assert metrics.accuracy == 100 * metrics.correct / 5
+    assert summary.model["name"] == "random" and summary.settings["seed"] == 0
+    assert summary.tasks["mcub-sample"].question_sha256 == records[0]["question_sha256"]
+    assert (run_dir / "table.md").read_text().startswith("| task | protocol |")
+
+    def no_model_work(*args, **kwargs):
+        raise AssertionError("the model was called on resume")
+
+    monkeypatch.setattr(RandomModel, "generate", no_model_work)
+    assert _run(tmp_path, "--tasks", "mcub-sample", "--resume") == 0
+    assert _metrics(run_dir) == ({"mcub-sample": metrics.model_dump()}, summary.groups)
+
+
+def test_a_damaged_tail_is_reported_and_redone(tmp_path, capsys):
+    assert _run(tmp_path, "--tasks", "mcub-sample", "--run-name", "r") == 0
+    run_dir = tmp_path / "results" / "random" / "r"
+    before = _records(run_dir)
+    path = run_dir / "records" / "mcub-sample.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])
+    capsys.readouterr()
+    assert _run(tmp_path, "--tasks", "mcub-sample", "--resume") == 0
+    assert "mcub-sample.jsonl:5: damaged record" in capsys.readouterr().err
+    after = _records(run_dir)
+    strip = [{k: v for k, v in r.items() if k != "timing"} for r in before]
+    assert [{k: v for k, v in r.items() if k != "timing"} for r in after] == strip
+
+
+def test_loglik_protocol_with_workers_and_batches(tmp_path, capsys):
+    args = ["--tasks", "mcub-sample", "--protocol", "loglik", "--batch-size", "2", "--run-name", "ll"]
+    assert (
+        eval_main(["--model", "random", "--output-dir", str(tmp_path), "--no-progress", "--num-workers", "2", *args])
+        == 0
+    )
+    records = _records(tmp_path / "random" / "ll")
+    assert len(records) == 5
+    for record in records:
+        assert set(record["option_logliks"]) == {"A", "B", "C", "D"} and record["extraction"] == "loglik-argmax"
+        best = max(record["option_logliks"], key=record["option_logliks"].get)
+        assert record["extracted"] == best and record["correct"] == (best == record["gold"])
+
+
+def test_limit_seed_and_resume_with_other_settings(tmp_path, capsys):
+    assert _run(tmp_path, "--tasks", "mcub-sample", "--limit", "2", "--run-name", "l") == 0
+    assert read_summary(tmp_path / "results" / "random" / "l").tasks["mcub-sample"].metrics.n == 2
+    assert _run(tmp_path, "--tasks", "mcub-sample", "--limit", "2", "--seed", "5", "--resume") == 2
+    assert "cannot resume a run started with other settings (seed: 0 then, 5 now)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "randm"], "unknown model 'randm'; did you mean random?"),
+        (["--model", "random", "--tasks", "mcub-smaple"], "did you mean mcub-sample"),
+        (["--model", "random", "--model-arg", "temperature=1"], "unknown argument(s) temperature; accepted: seed"),
+        (["--model", "random", "--tasks", "modelnet40", "--protocol", "paper"], "has no `paper` protocol"),
+        (["--model", "random", "--tasks", "music-avqa-audio", "--protocol", "loglik"], "has open answers"),
+    ],
+)
+def test_bad_names_and_arguments_are_clear_errors(tmp_path, capsys, args, message):
+    assert eval_main([*args, "--output-dir", str(tmp_path), "--no-download", "--data-root", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_model_without_a_modality_skips_or_refuses(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(RandomModel, "modalities", frozenset({"audio"}))
+    assert _run(tmp_path, "--tasks", "mcub-sample") == 2
+    assert "cannot run mcub-sample: model random lacks image, point, video" in capsys.readouterr().err
+    assert _run(tmp_path, "--no-download", "--data-root", str(tmp_path), "--run-name", "all") == 0
+    summary = read_summary(tmp_path / "results" / "random" / "all")
+    assert summary.skipped["mcub-sample"] == "model random lacks image, point, video"
+    assert "downloads are off" in summary.skipped["avqa-audio"]
+    assert len(summary.skipped) == 21 and summary.tasks == {}
+
+
+def test_the_dataset_decodes_media_for_models_that_read_it():
+    [task] = load_registry().resolve(["mcub-sample"])
+    from mcub.data import DataPaths, load_task
+
+    data = load_task(task, DataPaths(data_root=BUNDLED_DATA_ROOT))
+    dataset = SampleDataset(
+        data.samples, {"image": "clip-336-pad", "video": "languagebind-224", "audio": "beats-fbank"}
+    )
+    loaded = dataset[0]
+    assert loaded.error is None and [m.modality for m in loaded.media] == ["image", "audio", "video", "point"]
+    assert loaded.media[2].tensors["pixel_values"].shape == (3, 8, 224, 224)
+    assert loaded.provenance[2]["frame_indices"] == [0, 1, 3, 4, 6, 7, 9, 11]
+    assert loaded.provenance[1]["padded_frames"] > 0 and loaded.provenance[3]["count"] == 1024
+
+
+def test_list_models(capsys):
+    assert eval_main(["--list-models"]) == 0
+    out = capsys.readouterr().out
+    assert "random" in out and "blind-vicuna" in out and "blind" in out
