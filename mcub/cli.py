@@ -18,7 +18,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--media-root", type=Path, help="resolve every relative media path against this folder")
     parser.add_argument(
-        "--no-download", action="store_true", help="never fetch a missing question or answer file from the hub"
+        "--no-download", action="store_true", help="never fetch anything from the hub (task files, model weights)"
     )
 
 

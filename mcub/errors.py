@@ -22,3 +22,7 @@ class MediaError(McubError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class CheckpointError(McubError):
+    """A weight file is missing, unreadable, or its keys do not match the module that should hold them."""

@@ -71,7 +71,9 @@ def print_model_list(out=None) -> None:
 
     out = out or sys.stdout
     for spec in load_model_specs().values():
-        print(f"  {spec.name:<24} {spec.adapter:<14} {spec.description}", file=out)
+        print(f"  {spec.name:<16} {'+'.join(spec.modalities):<24} {spec.description}", file=out)
+        for component in spec.components():
+            print(f"  {'':<16} {'':<24} {component}", file=out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +100,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     from mcub import __version__
     from mcub.cli import data_paths, split_names
     from mcub.data import load_task
-    from mcub.models.base import Runtime, build_model, find_model_spec, load_model_specs, parse_model_args
+    from mcub.models.base import (
+        Runtime,
+        build_model,
+        find_model_spec,
+        load_model_specs,
+        merge_args,
+        parse_model_args,
+    )
     from mcub.results import (
         RunSummary,
         environment,
@@ -124,7 +133,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     try:
-        model = build_model(spec, overrides, Runtime(device, dtype, args.seed))
+        model = build_model(spec, overrides, Runtime(device, dtype, args.seed, offline=args.no_download))
         skipped: dict[str, str] = {}
         datasets = []
         for task in named:
@@ -147,7 +156,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                 data.raise_for_problems()
         identity = {
             "model": spec.name,
-            "model_args": {**spec.args, **overrides},
+            "model_args": merge_args(spec.args, overrides),
             "protocol": args.protocol,
             "max_new_tokens": args.max_new_tokens,
             "seed": args.seed,
@@ -176,7 +185,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             harness_version=__version__,
             git_revision=git_revision(),
             created=new_run_name(),
-            model={"name": spec.name, "args": {**spec.args, **overrides}, **model.describe()},
+            model={"name": spec.name, "args": merge_args(spec.args, overrides), **model.describe()},
             settings={**asdict(settings), "device": device, "dtype": dtype, "world_size": dist.world_size},
             environment=environment(),
             tasks=tasks,

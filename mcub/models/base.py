@@ -21,7 +21,11 @@ MODELS_DIR = Path(__file__).resolve().parent.parent.parent / "models"
 ADAPTERS = {
     "random": "mcub.models.baselines:RandomModel",
     "blind": "mcub.models.baselines:BlindModel",
+    "modelcompose": "mcub.models.modelcompose.model:ModelComposeModel",
+    "modelcompose-tiny": "mcub.models.modelcompose.tiny:TinyDamcModel",
 }
+# --model-arg names that are not Python identifiers, and the argument each stands for.
+ARGUMENT_ALIASES = {"lambda": "lambdas"}
 Stop = Literal["eos", "first-character"]
 
 
@@ -36,6 +40,7 @@ class Runtime:
     device: str = "cpu"
     dtype: str = "float32"
     seed: int = 0
+    offline: bool = False
 
 
 @dataclass
@@ -79,7 +84,18 @@ class ModelSpec(BaseModel):
     name: str
     adapter: str
     description: str
+    modalities: tuple[Modality, ...]
     args: dict[str, Any] = {}
+
+    def components(self) -> list[str]:
+        """The weights the model is built from, as `role=reference` (hub ids or local paths)."""
+        found = []
+        for key in ("base", "merged", "pretrained"):
+            if key in self.args:
+                found.append(f"{key}={self.args[key]}")
+        for key in ("experts", "encoders"):
+            found += [f"{key}.{m}={ref}" for m, ref in self.args.get(key, {}).items()]
+        return found
 
 
 def load_model_specs(models_dir: Path = MODELS_DIR) -> dict[str, ModelSpec]:
@@ -110,23 +126,39 @@ def find_model_spec(name: str, specs: dict[str, ModelSpec]) -> ModelSpec:
 
 
 def parse_model_args(pairs: list[str]) -> dict[str, Any]:
-    """`key=value` strings; values are read as YAML scalars (numbers, booleans, strings)."""
+    """`key=value` strings; values are read as YAML scalars; a dotted key sets one entry of a mapping
+    (`lambda.image=0.5`, `encoders.audio=/models/BEATs.pt`)."""
     import yaml
 
-    parsed = {}
+    parsed: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ModelError(f"--model-arg {pair!r} is not key=value")
-        parsed[key.strip()] = yaml.safe_load(value) if value else ""
+        *parents, leaf = key.strip().split(".")
+        target = parsed
+        for parent in parents:
+            target = target.setdefault(ARGUMENT_ALIASES.get(parent, parent), {})
+        target[ARGUMENT_ALIASES.get(leaf, leaf) if not parents else leaf] = yaml.safe_load(value) if value else ""
     return parsed
+
+
+def merge_args(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`overrides` on top of `base`, mappings merged key by key."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_args(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def build_model(spec: ModelSpec, overrides: dict[str, Any], runtime: Runtime) -> Model:
     """Instantiate the spec's adapter with its arguments, `overrides` taking precedence."""
     module_name, _, class_name = ADAPTERS[spec.adapter].partition(":")
     adapter = getattr(importlib.import_module(module_name), class_name)
-    args = {**spec.args, **overrides}
+    args = merge_args(spec.args, overrides)
     accepted = [name for name in inspect.signature(adapter).parameters if name != "runtime"]
     unknown = sorted(set(args) - set(accepted))
     if unknown:

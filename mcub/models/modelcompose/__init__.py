@@ -1,0 +1,1 @@
+"""The ModelCompose architecture (DAMC, NaiveMC) on top of a transformers Llama."""

@@ -1,0 +1,186 @@
+"""The composed language model: a transformers Llama with routed LoRA, fed spliced text and modality spans,
+with its own greedy decoding and continuation scoring (so routing, padding and positions stay explicit)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mcub.models.modelcompose.lora import LANGUAGE, RoutePlan, RoutingState
+
+
+@dataclass(frozen=True)
+class Span:
+    """A run of input positions: token ids (text) or embeddings (a modality block: prefix, features, suffix)."""
+
+    route: str
+    token_ids: tuple[int, ...] = ()
+    embeddings: Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.token_ids) if self.embeddings is None else self.embeddings.shape[0]
+
+
+@dataclass
+class PackedBatch:
+    """Left-padded input embeddings, attention mask, positions and the route plan of a batch."""
+
+    embeddings: Tensor
+    attention_mask: Tensor
+    position_ids: Tensor
+    plan: RoutePlan
+
+
+class ComposedLM:
+    """Runs a Llama whose projections are routed LoRA layers sharing `state`."""
+
+    def __init__(self, llama, state: RoutingState):
+        self.llama = llama
+        self.state = state
+        self._cache_keyword = (
+            "cache" if "cache" in inspect.signature(llama.model.forward).parameters else "past_key_values"
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.llama.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.llama.lm_head.weight.dtype
+
+    def pack(self, samples: Sequence[Sequence[Span]]) -> PackedBatch:
+        """Embed and left-pad each sample's spans; record each span's rows under its route."""
+        embed = self.llama.get_input_embeddings()
+        lengths = [sum(len(span) for span in spans) for spans in samples]
+        width = max(lengths)
+        hidden = embed.weight.shape[1]
+        embeddings = torch.zeros(len(samples), width, hidden, dtype=self.dtype, device=self.device)
+        mask = torch.zeros(len(samples), width, dtype=torch.long, device=self.device)
+        ranges: dict[str, list[tuple[int, int]]] = {}
+        for row, (spans, length) in enumerate(zip(samples, lengths, strict=True)):
+            position = width - length
+            mask[row, position:] = 1
+            for span in spans:
+                if not len(span):
+                    continue
+                if span.embeddings is None:
+                    ids = torch.tensor(span.token_ids, device=self.device)
+                    block = embed(ids)
+                else:
+                    block = span.embeddings.to(device=self.device, dtype=self.dtype)
+                embeddings[row, position : position + len(span)] = block
+                start = row * width + position
+                _extend(ranges.setdefault(span.route, []), start, start + len(span))
+                position += len(span)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return PackedBatch(embeddings, mask, positions, RoutePlan(len(samples) * width, ranges))
+
+    def _forward(self, embeddings: Tensor, mask: Tensor, positions: Tensor, plan: RoutePlan | None, cache=None):
+        self.state.plan = plan
+        try:
+            output = self.llama.model(
+                inputs_embeds=embeddings,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                **{self._cache_keyword: cache},
+            )
+        finally:
+            self.state.plan = None
+        cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
+        return output.last_hidden_state, cache
+
+    @torch.inference_mode()
+    def prefill_logits(self, batch: PackedBatch) -> Tensor:
+        """Logits of every position (for tests and references)."""
+        hidden, _ = self._forward(batch.embeddings, batch.attention_mask, batch.position_ids, batch.plan)
+        return self.llama.lm_head(hidden).float()
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        batch: PackedBatch,
+        max_new_tokens: int,
+        eos_id: int,
+        finished: Callable[[list[int]], bool] | None = None,
+    ) -> list[list[int]]:
+        """Greedy new tokens per row, up to EOS (excluded) or `max_new_tokens`, or until `finished(tokens)`."""
+        hidden, cache = self._forward(batch.embeddings, batch.attention_mask, batch.position_ids, batch.plan)
+        logits = self.llama.lm_head(hidden[:, -1])
+        mask, positions = batch.attention_mask, batch.position_ids[:, -1:]
+        rows = batch.embeddings.shape[0]
+        tokens: list[list[int]] = [[] for _ in range(rows)]
+        done = [False] * rows
+        for step in range(max_new_tokens):
+            chosen = logits.argmax(-1)
+            for row, token in enumerate(chosen.tolist()):
+                if done[row]:
+                    continue
+                if token == eos_id:
+                    done[row] = True
+                    continue
+                tokens[row].append(token)
+                done[row] = finished is not None and finished(tokens[row])
+            if all(done) or step == max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
+            positions = positions + 1
+            embeddings = self.llama.get_input_embeddings()(chosen[:, None])
+            hidden, cache = self._forward(embeddings, mask, positions, None, cache)
+            logits = self.llama.lm_head(hidden[:, -1])
+        return tokens
+
+    @torch.inference_mode()
+    def continuation_logprobs(
+        self, batch: PackedBatch, continuations: Sequence[Sequence[Sequence[int]]]
+    ) -> list[list[float]]:
+        """Sum of log-probabilities of each row's continuations (token ids) right after its prompt.
+
+        The prompt runs once; one more pass over the continuations' tokens (all rows and options together,
+        on the prompt's cache) is needed only when some continuation is longer than one token."""
+        hidden, cache = self._forward(batch.embeddings, batch.attention_mask, batch.position_ids, batch.plan)
+        first = torch.log_softmax(self.llama.lm_head(hidden[:, -1]).float(), dim=-1)
+        scores = [
+            [float(first[row, options[0]]) for options in row_options] for row, row_options in enumerate(continuations)
+        ]
+        longest = max(len(options) for row_options in continuations for options in row_options)
+        if longest == 1:
+            return scores
+        counts = [len(row_options) for row_options in continuations]
+        flat = [options for row_options in continuations for options in row_options]
+        owner = torch.tensor([row for row, count in enumerate(counts) for _ in range(count)], device=self.device)
+        cache.batch_select_indices(owner)
+        steps = longest - 1
+        ids = torch.zeros(len(flat), steps, dtype=torch.long, device=self.device)
+        valid = torch.zeros(len(flat), steps, dtype=torch.long, device=self.device)
+        for index, options in enumerate(flat):
+            ids[index, : len(options) - 1] = torch.tensor(options[:-1], device=self.device)
+            valid[index, : len(options) - 1] = 1
+        mask = torch.cat([batch.attention_mask[owner], torch.ones_like(valid)], dim=1)
+        positions = batch.position_ids[owner, -1:] + 1 + torch.arange(steps, device=self.device)
+        embeddings = self.llama.get_input_embeddings()(ids)
+        hidden, _ = self._forward(embeddings, mask, positions, None, cache)
+        logprobs = torch.log_softmax(self.llama.lm_head(hidden).float(), dim=-1)
+        index = 0
+        for row, row_options in enumerate(continuations):
+            for option, tokens in enumerate(row_options):
+                for step, token in enumerate(tokens[1:]):
+                    scores[row][option] += float(logprobs[index, step, token])
+                index += 1
+        return scores
+
+
+def _extend(ranges: list[tuple[int, int]], start: int, end: int) -> None:
+    """Append [start, end), merging with the last range when they touch."""
+    if ranges and ranges[-1][1] == start:
+        ranges[-1] = (ranges[-1][0], end)
+    else:
+        ranges.append((start, end))
+
+
+__all__ = ["LANGUAGE", "ComposedLM", "PackedBatch", "Span"]

@@ -1,0 +1,237 @@
+"""The ModelCompose adapter: a DAMC or NaiveMC composition (or a merged checkpoint) on Vicuna, with the encoders
+and projectors of its modalities, behind the harness's Model interface."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mcub.data import Sample
+from mcub.media import MediaInput
+from mcub.modalities import Modality
+from mcub.models.base import Model, ModelError, PreparedBatch, Runtime, Stop
+from mcub.models.modelcompose.checkpoint import read_checkpoint
+from mcub.models.modelcompose.components import Component, resolve_components
+from mcub.models.modelcompose.compose import compose_experts, compose_merged
+from mcub.models.modelcompose.llm import LANGUAGE, ComposedLM, Span
+from mcub.prompts import vicuna_v1
+
+MEDIA_PREPROCESSING: dict[Modality, str] = {
+    "image": "clip-336-pad",
+    "video": "languagebind-224",
+    "audio": "beats-fbank-reference-mask",
+    "point": "stored",
+}
+
+
+class ModelComposeModel(Model):
+    """DAMC / NaiveMC: experts composed at load time (`experts` + `lambdas`) or a merged checkpoint (`merged`).
+
+    `encoders` replaces the encoder locations written in the checkpoints' config.json (by modality);
+    `point_encoder` holds Point-BERT config fields when the weights are not the released size."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        base: str,
+        experts: Mapping[str, str] | None = None,
+        merged: str | None = None,
+        composition: str = "damc",
+        lambdas: Mapping[str, float] | None = None,
+        encoders: Mapping[str, str] | None = None,
+        point_encoder: Mapping[str, int] | None = None,
+    ):
+        if (experts is None) == (merged is None):
+            raise ModelError("a ModelCompose model takes either `experts` (composed at load time) or `merged`")
+        if composition not in ("damc", "naivemc"):
+            raise ModelError(f"composition {composition!r} is neither damc nor naivemc")
+        self.runtime = runtime
+        encoders = dict(encoders or {})
+        wanted = [Component("base LLM (Vicuna)", base, "base")]
+        wanted += [Component(f"{m} expert", ref, f"experts.{m}") for m, ref in (experts or {}).items()]
+        wanted += [Component("merged checkpoint", merged, "merged")] if merged else []
+        wanted += [Component(f"{m} encoder", ref, f"encoders.{m}") for m, ref in encoders.items()]
+        paths = resolve_components(wanted, runtime.offline)
+        if experts is not None:
+            checkpoints = {m: read_checkpoint(paths[f"{m} expert"]) for m in experts}
+            weights = dict(lambdas or {m: 1.0 / len(checkpoints) for m in checkpoints})
+            self.composition = compose_experts(checkpoints, weights, composition)  # type: ignore[arg-type]
+        else:
+            self.composition = compose_merged(read_checkpoint(paths["merged checkpoint"]))
+        unplaced = [
+            Component(f"{m} encoder", parts.encoder or "(none in config.json)", f"encoders.{m}")
+            for m, parts in self.composition.modalities.items()
+            if f"{m} encoder" not in paths
+        ]
+        paths.update(resolve_components(unplaced, runtime.offline))
+        self.base_path = paths["base LLM (Vicuna)"]
+        self.encoder_paths = {m: paths[f"{m} encoder"] for m in self.composition.modalities}
+        self.modalities = frozenset(self.composition.modalities)
+        self.media_preprocessing = {m: MEDIA_PREPROCESSING[m] for m in self.modalities}
+        self._build(dict(point_encoder or {}))
+
+    def _build(self, point_encoder: dict[str, int]) -> None:
+        from transformers import LlamaForCausalLM
+
+        from mcub.models.modelcompose.lora import RoutingState, install_routed_lora
+        from mcub.models.modelcompose.projectors import build_projector
+        from mcub.models.modelcompose.tokenization import load_chunk_tokenizer
+
+        dtype = getattr(torch, self.runtime.dtype)
+        device = torch.device(self.runtime.device)
+        llama = LlamaForCausalLM.from_pretrained(self.base_path, dtype=dtype).to(device).eval()
+        state = RoutingState()
+        install_routed_lora(llama.model.layers, self.composition.adapters, self.composition.routes, state)
+        self.composition.adapters.clear()
+        self.lm = ComposedLM(llama, state)
+        self.tokenizer = load_chunk_tokenizer(self.base_path)
+        hidden = llama.config.hidden_size
+        self.encoders: dict[Modality, torch.nn.Module] = {}
+        self.projectors: dict[Modality, torch.nn.Module] = {}
+        self.local_tokens: dict[Modality, tuple[Tensor | None, Tensor | None]] = {}
+        for modality, parts in self.composition.modalities.items():
+            encoder = load_encoder(modality, self.encoder_paths[modality], parts.select_layer, point_encoder)
+            self.encoders[modality] = encoder.to(device=device, dtype=dtype).eval()
+            projector = build_projector(parts.projector_kind, parts.projector_width, hidden)
+            result = projector.load_state_dict(parts.projector_state, strict=False)
+            if result.missing_keys or result.unexpected_keys:
+                raise ModelError(
+                    f"{modality} projector ({parts.projector_kind}): missing {result.missing_keys}, "
+                    f"unexpected {result.unexpected_keys}"
+                )
+            self.projectors[modality] = projector.to(device=device, dtype=dtype).eval()
+            self.local_tokens[modality] = tuple(
+                None if t is None else t[0].to(device=device, dtype=dtype) for t in (parts.prefix, parts.suffix)
+            )
+
+    def prepare(self, samples: list[Sample], media: list[list[MediaInput]]) -> PreparedBatch:
+        prompts = [vicuna_v1(sample.prompt) for sample in samples]
+        encoded = [self.tokenizer.encode_prompt(prompt) for prompt in prompts]
+        blocks = self._modality_blocks(samples, media)
+        spans = []
+        for sample, tokens, sample_blocks in zip(samples, encoded, blocks, strict=True):
+            own_blocks = iter(sample_blocks)
+            sample_spans: list[Span] = []
+            text: list[int] = []
+            for token in tokens:
+                if isinstance(token, int):
+                    text.append(token)
+                    continue
+                if text:
+                    sample_spans.append(Span(LANGUAGE, token_ids=tuple(text)))
+                    text = []
+                modality, block = next(own_blocks)
+                if modality != token:
+                    raise ValueError(f"sample {sample.id}: a {token} placeholder meets {modality} media")
+                sample_spans.append(Span(self.composition.modalities[modality].route, embeddings=block))
+            if text:
+                sample_spans.append(Span(LANGUAGE, token_ids=tuple(text)))
+            spans.append(sample_spans)
+        return PreparedBatch(samples, prompts, spans)
+
+    @torch.inference_mode()
+    def _modality_blocks(
+        self, samples: list[Sample], media: list[list[MediaInput]]
+    ) -> list[list[tuple[Modality, Tensor]]]:
+        """Per sample, its media in order as (modality, prefix + projected features + suffix), each modality
+        encoded for the whole batch at once."""
+        places: dict[Modality, list[tuple[int, int]]] = {}
+        for row, items in enumerate(media):
+            for index, item in enumerate(items):
+                if item.modality not in self.encoders:
+                    raise ValueError(f"sample {samples[row].id}: this model has no {item.modality} encoder")
+                places.setdefault(item.modality, []).append((row, index))
+        blocks: list[list[Any]] = [[None] * len(items) for items in media]
+        for modality, where in places.items():
+            outputs = self._encode(modality, [media[row][index] for row, index in where])
+            for (row, index), output in zip(where, outputs, strict=True):
+                blocks[row][index] = (modality, output)
+        return blocks
+
+    def _encode(self, modality: Modality, items: list[MediaInput]) -> list[Tensor]:
+        """Encode, project and wrap in local tokens a list of one modality's inputs (batched where shapes agree)."""
+        device, dtype = self.lm.device, self.lm.dtype
+        encoder, projector = self.encoders[modality], self.projectors[modality]
+        prefix, suffix = self.local_tokens[modality]
+        groups: dict[tuple, list[int]] = {}
+        for index, item in enumerate(items):
+            shape = tuple(tuple(t.shape) for t in item.tensors.values())
+            groups.setdefault(shape, []).append(index)
+        outputs: list[Tensor | None] = [None] * len(items)
+        for indices in groups.values():
+            stacked = {
+                key: torch.stack([items[i].tensors[key] for i in indices]).to(device)
+                for key in items[indices[0]].tensors
+            }
+            if modality == "audio":
+                features, _ = encoder(stacked["fbank"].to(dtype), stacked["padding_mask"])
+            elif modality == "point":
+                features = encoder(stacked["points"].to(dtype))
+            else:
+                features = encoder(stacked["pixel_values"].to(dtype))
+            projected = projector(features.to(dtype))
+            for position, index in enumerate(indices):
+                pieces = [t for t in (prefix, projected[position], suffix) if t is not None]
+                outputs[index] = torch.cat(pieces)
+        return outputs  # type: ignore[return-value]
+
+    def generate(self, batch: PreparedBatch, max_new_tokens: int, stop: Stop = "eos") -> list[str]:
+        packed = self.lm.pack(batch.inputs)
+        finished = (lambda tokens: bool(self.tokenizer.decode(tokens).strip())) if stop == "first-character" else None
+        tokens = self.lm.generate(packed, max_new_tokens, self.tokenizer.eos_id, finished)
+        return [self.tokenizer.decode(row) for row in tokens]
+
+    def loglik(self, batch: PreparedBatch, continuations: list[list[str]]) -> list[list[float]]:
+        packed = self.lm.pack(batch.inputs)
+        token_ids = [[self.tokenizer.encode_text(text) for text in options] for options in continuations]
+        return self.lm.continuation_logprobs(packed, token_ids)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "adapter": "modelcompose",
+            "composition": self.composition.kind,
+            "base": str(self.base_path),
+            "sources": self.composition.sources,
+            "routes": {
+                name: [list(item) for item in route.adapters] for name, route in self.composition.routes.items()
+            },
+            "encoders": {m: str(path) for m, path in self.encoder_paths.items()},
+            "media_preprocessing": self.media_preprocessing,
+            "dtype": self.runtime.dtype,
+            "notes": self.composition.notes,
+        }
+
+
+def load_encoder(modality: Modality, path: Path, select_layer: int, point_encoder: dict[str, int]) -> torch.nn.Module:
+    """The encoder of a modality from its local weights."""
+    if modality == "image":
+        from mcub.models.modelcompose.encoders.clip import load_clip_image_tower
+
+        return load_clip_image_tower(path, select_layer)
+    if modality == "video":
+        from mcub.models.modelcompose.encoders.languagebind_video import load_languagebind_video
+
+        return _SelectLayer(load_languagebind_video(path), select_layer)
+    if modality == "audio":
+        from mcub.models.modelcompose.encoders.beats import load_beats
+
+        return load_beats(path)
+    from mcub.models.modelcompose.encoders.pointbert import PointBERTConfig, load_pointbert
+
+    return load_pointbert(path, PointBERTConfig(**point_encoder))
+
+
+class _SelectLayer(torch.nn.Module):
+    """A video tower called at the checkpoint's select layer."""
+
+    def __init__(self, tower: torch.nn.Module, select_layer: int):
+        super().__init__()
+        self.tower = tower
+        self.select_layer = select_layer
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        return self.tower(pixel_values, select_layer=self.select_layer)

@@ -1,0 +1,199 @@
+"""The ModelCompose adapter on tiny checkpoints in the released layout: composition routes, merged checkpoints,
+strict loading, and the tiny-damc model end to end."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from mcub.data import Sample
+from mcub.errors import CheckpointError
+from mcub.eval import main as eval_main
+from mcub.media import load_media
+from mcub.models.base import ModelError, Runtime, parse_model_args
+from mcub.models.modelcompose.checkpoint import read_checkpoint
+from mcub.models.modelcompose.model import ModelComposeModel
+from mcub.models.modelcompose.tiny import tiny_damc_layout, write_tiny_expert
+from mcub.tasks import BUNDLED_DATA_ROOT
+
+SAMPLE_MEDIA = BUNDLED_DATA_ROOT / "sample"
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    return tiny_damc_layout(tmp_path_factory.mktemp("cache") / "tiny-damc")
+
+
+def _image_audio_sample(model):
+    sample = Sample(
+        "t",
+        "1",
+        "image: <image>\naudio: <audio>\nWhich attribute do all of these inputs have in common?\nA. A dog\nB. Rain",
+        (("image", str(SAMPLE_MEDIA / "image-0.png")), ("audio", str(SAMPLE_MEDIA / "audio-0.wav"))),
+        {"A": "A dog", "B": "Rain"},
+        "A",
+        {"question_index": 0},
+    )
+    media = [load_media(m, path, model.media_preprocessing[m]) for m, path in sample.media]
+    return [sample], [media]
+
+
+def _logits(model):
+    samples, media = _image_audio_sample(model)
+    return model.lm.prefill_logits(model.lm.pack(model.prepare(samples, media).inputs))[0]
+
+
+def _model(tiny, **kwargs):
+    return ModelComposeModel(
+        Runtime(), base=tiny["base"], encoders=tiny["encoders"], point_encoder=tiny["point_encoder"], **kwargs
+    )
+
+
+def merge_like_the_authors(experts: dict[str, Path], coefficients: dict[str, float], out: Path) -> Path:
+    """The rules of `merge_unimodal_modelcompose.py --strategy online-merge-reset-...` (reference-code.md 4):
+    tensors in several inputs (the `default` ones) are renamed `default-<m>`, the others copied; configs are
+    merged with `or`; `reset_scaling_weights` lists the coefficients."""
+    loaded = {ref: torch.load(path / "adapter_model.bin", weights_only=True) for ref, path in experts.items()}
+    counts = {}
+    for tensors in loaded.values():
+        for key in tensors:
+            counts[key] = counts.get(key, 0) + 1
+    merged = {}
+    for ref, tensors in loaded.items():
+        for key, tensor in tensors.items():
+            if counts[key] > 1:
+                assert "default" in key
+                key = key.replace(".default.", f".default-{ref}.").replace("tokens.default", f"tokens.default-{ref}")
+            merged[key] = tensor
+    configs = [json.loads((path / "config.json").read_text()) for path in experts.values()]
+    config = {}
+    for key in {k for c in configs for k in c}:
+        config[key] = next((c[key] for c in configs if c.get(key)), configs[0].get(key))
+    label = ",".join(f"default-{ref}={value}" for ref, value in coefficients.items())
+    config["reset_scaling_weights"] = label
+    for ref, c in zip(experts, configs, strict=True):
+        config[f"{ref}_lora_alpha"], config[f"{ref}_lora_r"] = c["lora_alpha"], c["lora_r"]
+    out.mkdir(parents=True)
+    torch.save(merged, out / "adapter_model.bin")
+    (out / "config.json").write_text(json.dumps(config, indent=4))
+    inputs = "\n".join(str(p) for p in experts.values())
+    (out / "merge_info.txt").write_text(f"Inputs:\n{inputs}\n\nOutput(reset-{label}):{out}")
+    return out
+
+
+def test_on_the_fly_composition_equals_the_authors_merged_checkpoint(tiny, tmp_path):
+    experts = {"image": tiny["experts"]["image"], "audio": tiny["experts"]["audio"]}
+    composed = _model(tiny, experts=experts, lambdas={"image": 0.3, "audio": 0.7})
+    merged_dir = merge_like_the_authors(
+        {"vision": Path(experts["image"]), "audio": Path(experts["audio"])},
+        {"vision": 0.3, "audio": 0.7},
+        tmp_path / "m",
+    )
+    merged = _model(tiny, merged=str(merged_dir))
+    routes = {name: sorted(map(tuple, items)) for name, items in composed.describe()["routes"].items()}
+    assert routes == {name: sorted(map(tuple, items)) for name, items in merged.describe()["routes"].items()}
+    assert routes["language"] == [("default-audio", 0.7 * 2.0), ("default-vision", 0.3 * 2.0)]
+    assert torch.allclose(_logits(composed), _logits(merged), atol=1e-5)
+    assert sorted(read_checkpoint(merged_dir).unused) == sorted(
+        f"{side}_tokens.default-{ref}" for side in ("prefix", "suffix") for ref in ("vision", "audio")
+    )
+
+
+def test_one_expert_with_lambda_one_equals_that_expert_alone(tiny):
+    alone = _model(tiny, merged=tiny["experts"]["image"])  # a unimodal checkpoint, loaded as the authors load it
+    composed = _model(tiny, experts={"image": tiny["experts"]["image"]}, lambdas={"image": 1.0})
+    assert alone.describe()["routes"]["language"] == [["default", 2.0]]
+    assert composed.describe()["routes"]["language"] == [["default-vision", 2.0]]
+    image = str(SAMPLE_MEDIA / "image-1.png")
+    samples = [Sample("t", "1", "image: <image>\nWhat?", (("image", image),), {}, "x", {"question_index": 0})]
+    media = [[load_media("image", image)]]
+    single = [m.lm.prefill_logits(m.lm.pack(m.prepare(samples, media).inputs))[0] for m in (alone, composed)]
+    assert torch.allclose(single[0], single[1], atol=1e-5)
+
+
+def test_lambdas_change_only_the_language_route(tiny):
+    first = _model(tiny, experts={"image": tiny["experts"]["image"], "audio": tiny["experts"]["audio"]})
+    second = _model(
+        tiny, experts={"image": tiny["experts"]["image"], "audio": tiny["experts"]["audio"]},
+        lambdas={"image": 0.9, "audio": 0.1},
+    )  # fmt: skip
+    assert first.describe()["routes"]["image"] == second.describe()["routes"]["image"] == [["vision", 2.0]]
+    assert first.describe()["routes"]["language"] == [["default-vision", 1.0], ["default-audio", 1.0]]
+    assert not torch.allclose(_logits(first), _logits(second), atol=1e-4)
+
+
+def test_naivemc_routes_every_token_through_the_weighted_sum(tiny, tmp_path):
+    for seed, modality in enumerate(("image", "audio")):
+        write_tiny_expert(tmp_path / modality, modality, "naivemc", seed=seed)
+    model = _model(tiny, experts={"image": str(tmp_path / "image"), "audio": str(tmp_path / "audio")},
+                   composition="naivemc")  # fmt: skip
+    routes = model.describe()["routes"]
+    assert set(routes) == {"language"} and model.composition.modalities["image"].route == "language"
+    assert model.composition.modalities["image"].prefix is None
+    spans = model.prepare(*_image_audio_sample(model)).inputs[0]
+    assert {span.route for span in spans} == {"language"}
+    assert _logits(model).shape[0] == sum(len(span) for span in spans)
+
+
+def test_missing_expert_and_mismatched_rank_fail_at_load(tiny, tmp_path):
+    with pytest.raises(ModelError, match=r"audio expert: /nowhere/audio-expert \(no such local file"):
+        _model(tiny, experts={"image": tiny["experts"]["image"], "audio": "/nowhere/audio-expert"})
+    write_tiny_expert(tmp_path / "audio-r8", "audio", "damc", seed=7, lora_r=8)
+    with pytest.raises(CheckpointError) as caught:
+        _model(tiny, experts={"image": tiny["experts"]["image"], "audio": str(tmp_path / "audio-r8")})
+    message = str(caught.value)
+    assert "LoRA ranks differ" in message and "audio-r8" in message and tiny["experts"]["image"] in message
+    with pytest.raises(CheckpointError, match="given as the audio expert, but it is configured for image"):
+        _model(tiny, experts={"audio": tiny["experts"]["image"]})
+
+
+def test_checkpoints_are_read_strictly(tiny, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny["experts"]["image"], broken)
+    tensors = torch.load(broken / "adapter_model.bin", weights_only=True)
+    tensors["model.something_else.weight"] = torch.zeros(2)
+    del tensors["model.layers.1.mlp.down_proj.lora_B.vision.weight"]
+    torch.save(tensors, broken / "adapter_model.bin")
+    with pytest.raises(CheckpointError) as caught:
+        read_checkpoint(broken)
+    assert "model.something_else.weight" in str(caught.value)
+    assert "model.layers.1.mlp.down_proj.lora_B.vision.weight (missing)" in str(caught.value)
+    config = json.loads((broken / "config.json").read_text())
+    (broken / "config.json").write_text(json.dumps({**config, "lora_r": 16}))
+    torch.save(
+        torch.load(tiny["experts"]["image"] + "/adapter_model.bin", weights_only=True), broken / "adapter_model.bin"
+    )
+    with pytest.raises(CheckpointError, match="rank 4 .*config.json says lora_r = 16"):
+        read_checkpoint(broken)
+
+
+def test_lambda_model_args():
+    assert parse_model_args(["lambda.image=0.5", "lambda.audio=0.25", "encoders.audio=/m/BEATs.pt"]) == {
+        "lambdas": {"image": 0.5, "audio": 0.25},
+        "encoders": {"audio": "/m/BEATs.pt"},
+    }
+
+
+def test_tiny_damc_runs_the_sample_task_end_to_end(tiny, tmp_path, capsys):
+    cache = str(Path(tiny["base"]).parent)
+    common = ["--model", "tiny-damc", "--model-arg", f"cache_dir={cache}", "--tasks", "mcub-sample"]
+    common += ["--output-dir", str(tmp_path), "--no-progress", "--num-workers", "0", "--max-new-tokens", "6"]
+    assert eval_main([*common, "--run-name", "b1", "--protocol", "generate"]) == 0
+    assert eval_main([*common, "--run-name", "b5", "--protocol", "generate", "--batch-size", "5"]) == 0
+    assert eval_main([*common, "--run-name", "ll", "--protocol", "loglik", "--batch-size", "2"]) == 0
+
+    def records(name):
+        lines = (tmp_path / "tiny-damc" / name / "records" / "mcub-sample.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines]
+
+    one, five = records("b1"), records("b5")
+    assert all(r["error"] is None for r in one + five)
+    assert [r["output"] for r in one] == [r["output"] for r in five]
+    assert [m["modality"] for m in one[0]["media"]] == ["image", "audio", "video", "point"]
+    assert one[0]["media"][2]["preprocessing"] == "languagebind-224"
+    loglik = records("ll")
+    assert all(set(r["option_logliks"]) == {"A", "B", "C", "D"} for r in loglik)
+    summary = json.loads((tmp_path / "tiny-damc" / "ll" / "summary.json").read_text())
+    assert summary["model"]["composition"] == "damc" and len(summary["model"]["sources"]) == 4
