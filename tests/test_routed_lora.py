@@ -171,3 +171,24 @@ def test_continuation_logprobs_match_full_sequences():
             start = logits.shape[0] - len(tokens)
             expected = sum(float(logprobs[start - 1 + k, token]) for k, token in enumerate(tokens))
             assert score == pytest.approx(expected, abs=1e-4)
+
+
+def test_long_spans_across_a_batch_are_computed_range_by_range():
+    from mcub.models.modelcompose.lora import SLICED_RANGE_ROWS
+
+    llama = tiny_llama()
+    state = RoutingState()
+    install_routed_lora(llama.model.layers, random_adapters(llama), ROUTES, state)
+    model = ComposedLM(llama, state)
+    generator = torch.Generator().manual_seed(9)
+    samples = [
+        [Span(LANGUAGE, token_ids=(1, 5)), Span("image", embeddings=torch.randn(SLICED_RANGE_ROWS + n, HIDDEN, generator=generator)),
+         Span(LANGUAGE, token_ids=(7, 2, 9))]
+        for n in (3, 0)
+    ]  # fmt: skip
+    batch = model.pack(samples)
+    assert len(batch.plan.ranges["image"]) == 2
+    together = model.prefill_logits(batch)
+    for row, spans in enumerate(samples):
+        alone = model.prefill_logits(model.pack([spans]))[0]
+        assert torch.allclose(together[row, -alone.shape[0] :], alone, atol=1e-4)

@@ -72,39 +72,95 @@ class RoutingState:
         self.default_route = default_route
 
 
-class RoutedLoraLinear(nn.Module):
-    """A frozen base Linear plus, per route, stacked LoRA factors applied to that route's rows."""
+# Projections that read the same input: their A factors are stacked and applied in one matmul per route.
+INPUT_GROUPS = (
+    ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    ("self_attn.o_proj",),
+    ("mlp.gate_proj", "mlp.up_proj"),
+    ("mlp.down_proj",),
+)
 
-    def __init__(self, base: nn.Linear, routes: Mapping[str, tuple[Tensor, Tensor]], state: RoutingState):
+
+# A route whose ranges average at least this many rows is computed range by range (views, no copies);
+# one with shorter ranges (text between media, across a batch) is gathered into one matmul.
+SLICED_RANGE_ROWS = 128
+
+
+def _sliced(plan: RoutePlan, route: str) -> bool:
+    ranges = plan.ranges[route]
+    return len(ranges) == 1 or sum(end - start for start, end in ranges) >= SLICED_RANGE_ROWS * len(ranges)
+
+
+class SharedLoraInput(nn.Module):
+    """The A factors, per route, of the projections of one input group, stacked along the rank. The first
+    projection of the group to run computes x A^T for every route; the others reuse it (in call order)."""
+
+    def __init__(self, a_by_route: Mapping[str, Tensor]):
+        super().__init__()
+        self.route_names = list(a_by_route)
+        for index, a in enumerate(a_by_route.values()):
+            self.register_buffer(f"a{index}", a, persistent=False)
+        self._source: int | None = None
+        self._down: dict[str, Tensor] = {}
+
+    def down(self, rows: Tensor, plan: RoutePlan, leader: bool) -> dict[str, Tensor | list[Tensor]]:
+        """x A^T of each route present: one tensor per range when the route is sliced, else one gathered."""
+        if leader:
+            self._source = rows.data_ptr()
+            self._down = {}
+            for index, route in enumerate(self.route_names):
+                if not plan.ranges.get(route):
+                    continue
+                a = getattr(self, f"a{index}")
+                if _sliced(plan, route):
+                    self._down[route] = [rows[start:end] @ a.T for start, end in plan.ranges[route]]
+                else:
+                    self._down[route] = rows.index_select(0, plan.rows(route, rows.device)) @ a.T
+        elif rows.data_ptr() != self._source:
+            raise RuntimeError("projections sharing a LoRA input ran out of order")
+        return self._down
+
+
+class RoutedLoraLinear(nn.Module):
+    """A frozen base Linear plus, per route, B factors applied to that route's rows (their A side is computed
+    by the group's SharedLoraInput; `columns[route]` are this projection's columns of it)."""
+
+    def __init__(
+        self,
+        base: nn.Linear,
+        group: SharedLoraInput,
+        leader: bool,
+        b_by_route: Mapping[str, Tensor],
+        columns: Mapping[str, tuple[int, int]],
+        state: RoutingState,
+    ):
         super().__init__()
         self.base = base
+        self.group = group
+        self.leader = leader
         self.state = state
-        self.route_names = list(routes)
-        for index, (a, b) in enumerate(routes.values()):
-            self.register_buffer(f"a{index}", a, persistent=False)
+        self.columns = dict(columns)
+        self.route_names = list(b_by_route)
+        for index, b in enumerate(b_by_route.values()):
             self.register_buffer(f"b{index}", b, persistent=False)
-
-    def factors(self, route: str) -> tuple[Tensor, Tensor]:
-        index = self.route_names.index(route)
-        return getattr(self, f"a{index}"), getattr(self, f"b{index}")
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.base(x)
-        plan = self.state.plan
         rows = x.reshape(-1, x.shape[-1])
         out = y.view(-1, y.shape[-1])
-        if plan is None:
-            plan = RoutePlan.everywhere(self.state.default_route, rows.shape[0])
-        for route, ranges in plan.ranges.items():
-            if not ranges or route not in self.route_names:
+        plan = self.state.plan or RoutePlan.everywhere(self.state.default_route, rows.shape[0])
+        down = self.group.down(rows, plan, self.leader)
+        for index, route in enumerate(self.route_names):
+            if route not in down:
                 continue
-            a, b = self.factors(route)
-            if len(ranges) == 1:
-                start, end = ranges[0]
-                out[start:end].addmm_(rows[start:end] @ a.T, b.T)
+            first, last = self.columns[route]
+            b = getattr(self, f"b{index}")
+            if isinstance(down[route], list):
+                for (start, end), h in zip(plan.ranges[route], down[route], strict=True):
+                    out[start:end].addmm_(h[:, first:last], b.T)
             else:
-                index = plan.rows(route, x.device)
-                out.index_add_(0, index, (rows.index_select(0, index) @ a.T) @ b.T)
+                index_rows = plan.rows(route, rows.device)
+                out.index_copy_(0, index_rows, out.index_select(0, index_rows).addmm_(down[route][:, first:last], b.T))
         return y
 
 
@@ -123,16 +179,28 @@ def install_routed_lora(
 ) -> None:
     """Replace every target projection of every decoder layer by a routed one.
 
-    `adapters[(layer, module)]` holds that projection's adapters by name (module as in TARGET_MODULES)."""
+    `adapters[(layer, module)]` holds that projection's adapters by name (module as in TARGET_MODULES); routes
+    without adapters leave their tokens on the base weights."""
+    active = {name: route for name, route in routes.items() if route.adapters}
     for layer_index, layer in enumerate(layers):
-        for module_path in TARGET_MODULES:
-            parent_name, _, child_name = module_path.rpartition(".")
-            parent = layer.get_submodule(parent_name)
-            base = getattr(parent, child_name)
-            dtype = base.weight.dtype
-            own = adapters[(layer_index, module_path)]
+        for members in INPUT_GROUPS:
+            bases = [layer.get_submodule(path) for path in members]
+            device, dtype = bases[0].weight.device, bases[0].weight.dtype
             stacked = {
-                name: tuple(t.to(base.weight.device) for t in stack_route(own, route, dtype))
-                for name, route in routes.items()
+                path: {name: stack_route(adapters[(layer_index, path)], route, dtype) for name, route in active.items()}
+                for path in members
             }
-            setattr(parent, child_name, RoutedLoraLinear(base, stacked, state))
+            a_by_route, columns = {}, {path: {} for path in members}
+            for name in active:
+                offset = 0
+                for path in members:
+                    rank = stacked[path][name][0].shape[0]
+                    columns[path][name] = (offset, offset + rank)
+                    offset += rank
+                a_by_route[name] = torch.cat([stacked[path][name][0] for path in members]).to(device)
+            group = SharedLoraInput(a_by_route)
+            for position, (path, base) in enumerate(zip(members, bases, strict=True)):
+                b_by_route = {name: stacked[path][name][1].to(device) for name in active}
+                parent_name, _, child_name = path.rpartition(".")
+                routed = RoutedLoraLinear(base, group, position == 0, b_by_route, columns[path], state)
+                setattr(layer.get_submodule(parent_name), child_name, routed)

@@ -1,0 +1,199 @@
+"""`python -m mcub.bench`: the composed (routed-LoRA) forward against the dense forward of the same model shape,
+on a synthetic MCUB-4-shaped DAMC sample (3,380 positions), in one run on one device.
+
+Random weights: only shapes and routing matter for time. Prints a table and writes a JSON file with the
+device name, every time, samples/s and the ratios to the dense forward (the roofline)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SHAPES = {
+    "7b": {"hidden": 4096, "intermediate": 11008, "layers": 32, "heads": 32, "vocab": 32000, "rank": 128},
+    "tiny": {"hidden": 64, "intermediate": 128, "layers": 2, "heads": 4, "vocab": 400, "rank": 4},
+}
+# One MCUB-4 DAMC sample: text, then image 586, audio 42, video 2066 and point 523 positions (5 + 5 local tokens
+# each), with the text between and after them; 3,380 positions in all.
+MCUB4_LAYOUT = [
+    ("language", 40),
+    ("image", 586),
+    ("language", 5),
+    ("audio", 42),
+    ("language", 5),
+    ("video", 2066),
+    ("language", 5),
+    ("point", 523),
+    ("language", 108),
+]
+EXPERTS = ("image", "video", "audio", "point")
+REFERENCE_NAMES = {"image": "vision", "video": "video", "audio": "audio", "point": "point"}
+
+
+def build_model(shape: dict[str, int], device: str, dtype):
+    """A randomly initialised Llama of the given shape, directly on the device."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=shape["vocab"],
+        hidden_size=shape["hidden"],
+        intermediate_size=shape["intermediate"],
+        num_hidden_layers=shape["layers"],
+        num_attention_heads=shape["heads"],
+        num_key_value_heads=shape["heads"],
+        max_position_embeddings=4096,
+    )
+    torch.manual_seed(0)
+    with torch.device(device):
+        llama = LlamaForCausalLM(config)
+    return llama.to(dtype).eval()
+
+
+def damc_adapters(llama, rank: int, device: str, dtype):
+    """Four experts' language and modality LoRA factors on every projection, and DAMC routes (lambda 1/4)."""
+    import torch
+
+    from mcub.models.modelcompose.lora import LANGUAGE, TARGET_MODULES, LoraWeights, Route
+
+    generator = torch.Generator(device=device).manual_seed(1)
+    adapters = {}
+    for index, layer in enumerate(llama.model.layers):
+        for path in TARGET_MODULES:
+            base = layer.get_submodule(path)
+            own = {}
+            for expert in EXPERTS:
+                for name in (f"default-{REFERENCE_NAMES[expert]}", REFERENCE_NAMES[expert]):
+                    a = torch.randn(rank, base.in_features, device=device, dtype=dtype, generator=generator) * 0.01
+                    b = torch.randn(base.out_features, rank, device=device, dtype=dtype, generator=generator) * 0.01
+                    own[name] = LoraWeights(a, b)
+            adapters[(index, path)] = own
+    routes = {LANGUAGE: Route(tuple((f"default-{REFERENCE_NAMES[e]}", 0.25 * 2.0) for e in EXPERTS))}
+    routes |= {e: Route(((REFERENCE_NAMES[e], 2.0),)) for e in EXPERTS}
+    return adapters, routes
+
+
+def synthetic_spans(hidden: int, vocab: int, device: str, dtype, seed: int):
+    import torch
+
+    from mcub.models.modelcompose.llm import Span
+
+    generator = torch.Generator().manual_seed(seed)
+    spans = []
+    for route, length in MCUB4_LAYOUT:
+        if route == "language":
+            spans.append(Span(route, token_ids=tuple(torch.randint(3, vocab, (length,), generator=generator).tolist())))
+        else:
+            block = (torch.randn(length, hidden, generator=generator) * 0.02).to(device=device, dtype=dtype)
+            spans.append(Span(route, embeddings=block))
+    return spans
+
+
+def seconds_per_call(function, device: str, warmup: int, iterations: int) -> float:
+    import torch
+
+    for _ in range(warmup):
+        function()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(iterations):
+        function()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / iterations
+
+
+def run_bench(shape_name: str, batch_sizes: list[int], device: str, dtype_name: str, warmup: int, iterations: int):
+    import torch
+
+    from mcub.models.modelcompose.llm import ComposedLM
+    from mcub.models.modelcompose.lora import LANGUAGE, RoutePlan, RoutingState, install_routed_lora
+
+    shape = SHAPES[shape_name]
+    dtype = getattr(torch, dtype_name)
+    llama = build_model(shape, device, dtype)
+    state = RoutingState()
+    model = ComposedLM(llama, state)
+    batches = {size: model.pack([synthetic_spans(shape["hidden"], shape["vocab"], device, dtype, i) for i in range(size)])
+               for size in batch_sizes}  # fmt: skip
+
+    def prefill(batch, plan):
+        with torch.inference_mode():
+            hidden, _ = model._forward(batch.embeddings, batch.attention_mask, batch.position_ids, plan)
+            return llama.lm_head(hidden[:, -1])
+
+    dense = {
+        size: seconds_per_call(lambda b=batch: prefill(b, None), device, warmup, iterations)
+        for size, batch in batches.items()
+    }
+    adapters, routes = damc_adapters(llama, shape["rank"], device, dtype)
+    install_routed_lora(llama.model.layers, adapters, routes, state)
+    del adapters
+    composed = {size: seconds_per_call(lambda b=batch: prefill(b, b.plan), device, warmup, iterations)
+                for size, batch in batches.items()}  # fmt: skip
+    everywhere = {
+        size: seconds_per_call(lambda b=batch: prefill(b, RoutePlan.everywhere(LANGUAGE, b.plan.total_rows)),
+                               device, warmup, iterations)
+        for size, batch in batches.items()
+    }  # fmt: skip
+    rows = []
+    for size in batch_sizes:
+        rows.append({
+            "batch_size": size,
+            "positions_per_sample": sum(length for _, length in MCUB4_LAYOUT),
+            "dense_s": dense[size],
+            "composed_damc_s": composed[size],
+            "language_route_everywhere_s": everywhere[size],
+            "dense_samples_per_s": size / dense[size],
+            "composed_samples_per_s": size / composed[size],
+            "composed_over_dense": composed[size] / dense[size],
+            "everywhere_over_dense": everywhere[size] / dense[size],
+        })  # fmt: skip
+    return {
+        "device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
+        "shape": shape_name,
+        "dtype": dtype_name,
+        "torch": torch.__version__,
+        "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None,
+        "rows": rows,
+    }
+
+
+def print_table(result: dict[str, Any], out=None) -> None:
+    out = out or sys.stdout
+    print(f"device: {result['device']}  shape: {result['shape']}  dtype: {result['dtype']}", file=out)
+    print("| batch | dense s | composed DAMC s | ratio | language-everywhere s | ratio | dense samples/s |", file=out)
+    print("|---:|---:|---:|---:|---:|---:|---:|", file=out)
+    for row in result["rows"]:
+        print(
+            f"| {row['batch_size']} | {row['dense_s']:.4f} | {row['composed_damc_s']:.4f} | "
+            f"{row['composed_over_dense']:.3f} | {row['language_route_everywhere_s']:.4f} | "
+            f"{row['everywhere_over_dense']:.3f} | {row['dense_samples_per_s']:.2f} |",
+            file=out,
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mcub.bench", description=__doc__)
+    parser.add_argument("--shape", choices=list(SHAPES), default="7b")
+    parser.add_argument("--batch-sizes", default="1,8")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--json", type=Path, default=Path("bench.json"))
+    args = parser.parse_args(argv)
+    sizes = [int(size) for size in args.batch_sizes.split(",")]
+    result = run_bench(args.shape, sizes, args.device, args.dtype, args.warmup, args.iterations)
+    print_table(result)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
