@@ -119,8 +119,10 @@ def run_bench(shape_name: str, batch_sizes: list[int], device: str, dtype_name: 
     llama = build_model(shape, device, dtype)
     state = RoutingState()
     model = ComposedLM(llama, state)
-    batches = {size: model.pack([synthetic_spans(shape["hidden"], shape["vocab"], device, dtype, i) for i in range(size)])
-               for size in batch_sizes}  # fmt: skip
+    batches = {
+        size: model.pack([synthetic_spans(shape["hidden"], shape["vocab"], device, dtype, i) for i in range(size)])
+        for size in batch_sizes
+    }
 
     def prefill(batch, plan):
         with torch.inference_mode():

@@ -182,10 +182,13 @@ def test_long_spans_across_a_batch_are_computed_range_by_range():
     model = ComposedLM(llama, state)
     generator = torch.Generator().manual_seed(9)
     samples = [
-        [Span(LANGUAGE, token_ids=(1, 5)), Span("image", embeddings=torch.randn(SLICED_RANGE_ROWS + n, HIDDEN, generator=generator)),
-         Span(LANGUAGE, token_ids=(7, 2, 9))]
-        for n in (3, 0)
-    ]  # fmt: skip
+        [
+            Span(LANGUAGE, token_ids=(1, 5)),
+            Span("image", embeddings=torch.randn(SLICED_RANGE_ROWS + extra, HIDDEN, generator=generator)),
+            Span(LANGUAGE, token_ids=(7, 2, 9)),
+        ]
+        for extra in (3, 0)
+    ]
     batch = model.pack(samples)
     assert len(batch.plan.ranges["image"]) == 2
     together = model.prefill_logits(batch)
