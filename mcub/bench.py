@@ -166,6 +166,67 @@ def run_bench(shape_name: str, batch_sizes: list[int], device: str, dtype_name: 
     }
 
 
+def build_encoders(shape_name: str, device: str, dtype) -> dict[str, tuple[Any, Any]]:
+    """Each encoder at full size ("7b") or tiny, randomly initialised, with a function making a batch of inputs."""
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from mcub.models.modelcompose.encoders.beats import BEATs, BEATsConfig
+    from mcub.models.modelcompose.encoders.clip import ClipImageTower
+    from mcub.models.modelcompose.encoders.languagebind_video import LanguageBindVideoConfig, LanguageBindVideoTower
+    from mcub.models.modelcompose.encoders.pointbert import PointBERT, PointBERTConfig
+
+    full = shape_name == "7b"
+    vit = (
+        {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16}
+        if full
+        else {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    )
+    frames = 8
+    points = 8192 if full else 1024
+    with torch.device(device):
+        clip = ClipImageTower(CLIPVisionModel(CLIPVisionConfig(**vit, image_size=336, patch_size=14 if full else 48)))
+        video = LanguageBindVideoTower(
+            LanguageBindVideoConfig(**vit, image_size=224, patch_size=14 if full else 56, add_time_attn=True,
+                                    num_frames=frames)
+        )  # fmt: skip
+        beats = BEATs(BEATsConfig() if full else BEATsConfig(embed_dim=32, encoder_layers=1, encoder_embed_dim=32,
+                                                             encoder_ffn_embed_dim=64, encoder_attention_heads=2,
+                                                             conv_pos=16, conv_pos_groups=4))  # fmt: skip
+        point = PointBERT(PointBERTConfig() if full else PointBERTConfig(trans_dim=32, depth=1, num_heads=2,
+                                                                         group_size=8, num_group=32, encoder_dims=32))  # fmt: skip
+
+    def inputs(*shape):
+        return lambda batch: torch.randn(batch, *shape, device=device, dtype=dtype)
+
+    return {
+        "image (CLIP ViT-L/14-336)": (clip, inputs(3, 336, 336)),
+        "video (LanguageBind, 8 frames)": (video, inputs(3, frames, 224, 224)),
+        "audio (BEATs, 1024 fbank frames)": (beats, inputs(1024, 128)),
+        f"point (Point-BERT, {points} points)": (point, inputs(points, 6)),
+    }
+
+
+def encoder_throughput(shape_name: str, batch_sizes: list[int], device: str, dtype_name: str, warmup: int,
+                       iterations: int) -> list[dict[str, Any]]:  # fmt: skip
+    """Items per second of each encoder at each batch size."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    rows = []
+    for name, (encoder, make) in build_encoders(shape_name, device, dtype).items():
+        encoder = encoder.to(dtype).eval()
+        for size in batch_sizes:
+            batch = make(size)
+            with torch.inference_mode():
+                seconds = seconds_per_call(lambda e=encoder, b=batch: e(b), device, warmup, iterations)
+            rows.append({"encoder": name, "batch_size": size, "seconds": seconds, "items_per_s": size / seconds})
+        del encoder
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return rows
+
+
 def print_table(result: dict[str, Any], out=None) -> None:
     out = out or sys.stdout
     print(f"device: {result['device']}  shape: {result['shape']}  dtype: {result['dtype']}", file=out)
@@ -178,6 +239,14 @@ def print_table(result: dict[str, Any], out=None) -> None:
             f"{row['everywhere_over_dense']:.3f} | {row['dense_samples_per_s']:.2f} |",
             file=out,
         )
+    if result.get("encoders"):
+        print("| encoder | batch | s | items/s |", file=out)
+        print("|---|---:|---:|---:|", file=out)
+        for row in result["encoders"]:
+            print(
+                f"| {row['encoder']} | {row['batch_size']} | {row['seconds']:.4f} | {row['items_per_s']:.1f} |",
+                file=out,
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,10 +257,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--encoder-batch-sizes", default="8,32", help="empty: do not time the encoders")
     parser.add_argument("--json", type=Path, default=Path("bench.json"))
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.batch_sizes.split(",")]
     result = run_bench(args.shape, sizes, args.device, args.dtype, args.warmup, args.iterations)
+    encoder_sizes = [int(size) for size in args.encoder_batch_sizes.split(",") if size]
+    if encoder_sizes:
+        result["encoders"] = encoder_throughput(
+            args.shape, encoder_sizes, args.device, args.dtype, args.warmup, args.iterations
+        )
     print_table(result)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
