@@ -190,11 +190,11 @@ def build_encoders(shape_name: str, device: str, dtype) -> dict[str, tuple[Any, 
             LanguageBindVideoConfig(**vit, image_size=224, patch_size=14 if full else 56, add_time_attn=True,
                                     num_frames=frames)
         )  # fmt: skip
-        beats = BEATs(BEATsConfig() if full else BEATsConfig(embed_dim=32, encoder_layers=1, encoder_embed_dim=32,
-                                                             encoder_ffn_embed_dim=64, encoder_attention_heads=2,
-                                                             conv_pos=16, conv_pos_groups=4))  # fmt: skip
-        point = PointBERT(PointBERTConfig() if full else PointBERTConfig(trans_dim=32, depth=1, num_heads=2,
-                                                                         group_size=8, num_group=32, encoder_dims=32))  # fmt: skip
+        tiny_beats = {"embed_dim": 32, "encoder_layers": 1, "encoder_embed_dim": 32, "encoder_ffn_embed_dim": 64}
+        tiny_beats |= {"encoder_attention_heads": 2, "conv_pos": 16, "conv_pos_groups": 4}
+        beats = BEATs(BEATsConfig() if full else BEATsConfig(**tiny_beats))
+        tiny_point = {"trans_dim": 32, "depth": 1, "num_heads": 2, "group_size": 8, "num_group": 32, "encoder_dims": 32}
+        point = PointBERT(PointBERTConfig() if full else PointBERTConfig(**tiny_point))
 
     def inputs(*shape):
         return lambda batch: torch.randn(batch, *shape, device=device, dtype=dtype)
