@@ -7,7 +7,6 @@ writes) are kept aside and reported, and anything else is an error that lists th
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from torch import Tensor
 from mcub.errors import CheckpointError
 from mcub.modalities import REFERENCE_KEYS, Modality
 from mcub.models.modelcompose.lora import TARGET_MODULES, LoraWeights
-from mcub.models.modelcompose.weights import read_state_dict
+from mcub.models.modelcompose.weights import read_json_object, read_state_dict
 
 REFERENCE_NAME: dict[Modality, str] = {ours: theirs for theirs, ours in REFERENCE_KEYS.items()}
 ENCODER_FIELDS: dict[Modality, tuple[str, ...]] = {
@@ -96,10 +95,7 @@ class Checkpoint:
 def read_checkpoint(directory: Path | str) -> Checkpoint:
     """Read and sort a checkpoint directory; fail on missing files, unknown keys or inconsistent LoRA."""
     directory = Path(directory)
-    config_path = directory / "config.json"
-    if not config_path.is_file():
-        raise CheckpointError(f"{directory}: no config.json (is this a ModelCompose checkpoint directory?)")
-    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config = read_json_object(directory / "config.json", "is this a ModelCompose checkpoint directory?")
     weights_file = next((directory / name for name in WEIGHT_FILES if (directory / name).is_file()), None)
     if weights_file is None:
         raise CheckpointError(f"{directory}: none of {', '.join(WEIGHT_FILES)} found")

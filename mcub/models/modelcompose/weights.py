@@ -1,9 +1,12 @@
-"""Reading weight files safely: safetensors, or `torch.load(weights_only=True)`; never a pickle of objects."""
+"""Reading checkpoint files safely: JSON configs, and weights as safetensors or `torch.load(weights_only=True)`
+(never a pickle of objects)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor
 
@@ -35,3 +38,16 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     if not isinstance(loaded, dict) or not all(isinstance(key, str) for key in loaded):
         raise CheckpointError(f"{path}: holds a {type(loaded).__name__}, not a dict of named tensors")
     return loaded
+
+
+def read_json_object(path: Path, missing_hint: str) -> dict[str, Any]:
+    """A JSON object file (a config.json); `missing_hint` says what the file should have been."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found; {missing_hint}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path}: not JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: holds a {type(data).__name__}, not a JSON object")
+    return data

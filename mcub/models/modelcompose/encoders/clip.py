@@ -3,7 +3,6 @@ HF directory, giving the patch features of one hidden layer as ModelCompose feed
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -12,7 +11,7 @@ from torch import Tensor, nn
 from transformers import CLIPConfig, CLIPVisionConfig, CLIPVisionModel
 
 from mcub.errors import CheckpointError
-from mcub.models.modelcompose.weights import find_weights_file, read_state_dict
+from mcub.models.modelcompose.weights import find_weights_file, read_json_object, read_state_dict
 
 SELECT_LAYER = -2
 VISION_PREFIX = "vision_model."
@@ -72,13 +71,8 @@ def load_clip_image_tower(
 
 def _read_vision_config(directory: Path) -> CLIPVisionConfig:
     path = directory / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not found (not a HF CLIP directory)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path}: not JSON ({error})") from None
-    model_type = data.get("model_type") if isinstance(data, dict) else None
+    data = read_json_object(path, "not a HF CLIP directory")
+    model_type = data.get("model_type")
     if model_type not in CONFIG_TYPES:
         raise CheckpointError(f"{path}: model_type {model_type!r} is not one of {', '.join(CONFIG_TYPES)}")
     try:

@@ -6,7 +6,6 @@ directory's vision keys minus the `vision_model.` prefix (reference/encoders.md 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -18,7 +17,7 @@ from transformers import CLIPVisionConfig
 from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer, CLIPVisionEmbeddings
 
 from mcub.errors import CheckpointError
-from mcub.models.modelcompose.weights import find_weights_file, read_state_dict
+from mcub.models.modelcompose.weights import find_weights_file, read_json_object, read_state_dict
 
 SELECT_LAYER = -2
 VISION_PREFIX = "vision_model."
@@ -149,13 +148,8 @@ class LanguageBindVideoTower(nn.Module):
 def read_languagebind_video_config(directory: str | Path) -> LanguageBindVideoConfig:
     """The `vision_config` part of `directory/config.json`."""
     path = Path(directory) / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not found; point the video encoder to a local LanguageBind_Video_merge copy")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path}: not JSON ({error})") from None
-    vision = data.get("vision_config") if isinstance(data, dict) else None
+    data = read_json_object(path, "point the video encoder to a local LanguageBind_Video_merge copy")
+    vision = data.get("vision_config")
     if not isinstance(vision, dict):
         raise CheckpointError(f"{path}: no `vision_config` object (not a LanguageBindVideo config)")
     return LanguageBindVideoConfig.from_dict(vision)
