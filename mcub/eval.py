@@ -25,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR, help="runs go to DIR/<model>/<run-name>")
     parser.add_argument("--run-name", help="the run directory's name (default: the start time)")
     parser.add_argument("--protocol", choices=["paper", "generate", "loglik"], help="override every task's protocol")
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument(
+        "--batch-size", type=_batch_size, default=1, help="samples per batch, or `auto`: the largest that fits"
+    )
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding media")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
@@ -41,6 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--list-tasks", action="store_true", help="list every task and group, then exit")
     parser.add_argument("--list-models", action="store_true", help="list every model id, then exit")
     return parser
+
+
+def _batch_size(text: str) -> int | None:
+    if text == "auto":
+        return None
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("the batch size is a positive number or `auto`")
+    return value
 
 
 def print_task_list(registry: Registry, data_root: Path, out=None) -> None:
@@ -125,8 +136,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     spec = find_model_spec(args.model, load_model_specs())
     overrides = parse_model_args(args.model_arg)
     named = registry.resolve(split_names(args.tasks)) if args.tasks else list(registry.tasks.values())
-    settings = RunSettings(args.protocol, args.batch_size, args.num_workers, args.max_new_tokens, args.seed,
-                           args.strict, args.limit)  # fmt: skip
+    settings = RunSettings(
+        args.protocol,
+        args.batch_size,
+        args.num_workers,
+        args.max_new_tokens,
+        args.seed,
+        args.strict,
+        args.limit,
+        pin_memory=device.startswith("cuda"),
+    )
     dist = Distributed.from_environment(device)
     if dist.world_size > 1 and device == "cuda":
         import os

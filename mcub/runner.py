@@ -27,15 +27,17 @@ class RunError(McubError):
 
 @dataclass(frozen=True)
 class RunSettings:
-    """How samples are run: protocol (None: each task's own), batching, decoding limits, seed, strictness."""
+    """How samples are run: protocol (None: each task's own), batching (`batch_size` None: the largest that
+    fits, see `find_batch_size`), decoding limits, seed, strictness."""
 
     protocol: str | None = None
-    batch_size: int = 1
+    batch_size: int | None = 1
     num_workers: int = 0
     max_new_tokens: int = 128
     seed: int = 0
     strict: bool = False
     limit: int | None = None
+    pin_memory: bool = False
 
 
 class Distributed:
@@ -99,6 +101,14 @@ class LoadedSample:
     error: str | None = None
     decode_s: float = 0.0
 
+    def pin_memory(self) -> LoadedSample:
+        """A copy whose media tensors sit in page-locked memory (called by the DataLoader's pinning thread)."""
+        media = [
+            MediaInput(m.modality, m.path, {k: t.pin_memory() for k, t in m.tensors.items()}, m.provenance)
+            for m in self.media
+        ]
+        return LoadedSample(self.sample, media, self.provenance, self.error, self.decode_s)
+
 
 class SampleDataset:
     """Map-style dataset: decoding a sample's media happens in the DataLoader worker that fetches it."""
@@ -160,7 +170,8 @@ def run_task(
     dist.barrier()
     done, _ = read_records(main_file, repair=False)
     pending = [sample for sample in samples if sample.id not in done]
-    batches = length_sorted_batches(pending, settings.batch_size)
+    batch_size = settings.batch_size or find_batch_size(model, pending, data, protocol, settings)
+    batches = length_sorted_batches(pending, batch_size)
     queue_key = f"{task.name}/{hashlib.sha256(os.urandom(8)).hexdigest()[:8]}"
     queue_key = dist.share(f"{task.name}/queue", queue_key)
     log = RecordLog(records_dir / f"{task.name}.rank{dist.rank}.jsonl")
@@ -191,6 +202,35 @@ def consolidate_records(records_dir: Path, task_name: str) -> list[str]:
         for part in parts:
             part.unlink()
     return notes
+
+
+AUTO_BATCH_SIZES = (64, 32, 16, 8, 4, 2, 1)
+CPU_MAX_BATCH_SIZE = 8
+
+
+def find_batch_size(model: Model, samples: list[Sample], data: TaskData, protocol: str, settings: RunSettings) -> int:
+    """The largest batch (of AUTO_BATCH_SIZES; at most CPU_MAX_BATCH_SIZE without CUDA) whose costliest samples
+    run without running out of GPU memory. The probe's outputs are discarded."""
+    import torch
+
+    if not samples:
+        return 1
+    order = [samples[i] for batch in length_sorted_batches(samples, len(samples)) for i in batch]
+    dataset = SampleDataset(order, model.media_preprocessing)
+    limit = max(AUTO_BATCH_SIZES) if torch.cuda.is_available() else CPU_MAX_BATCH_SIZE
+    for size in (size for size in AUTO_BATCH_SIZES if size <= min(limit, len(samples)) or size == 1):
+        items = [dataset[index] for index in range(min(size, len(order)))]
+        ready = [item for item in items if item.error is None]
+        try:
+            if ready:
+                prepared = model.prepare([item.sample for item in ready], [item.media for item in ready])
+                _answers(model, prepared, protocol, data.task, settings)
+        except torch.cuda.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        return size
+    raise RunError(f"{data.task.name}: even one sample does not fit in GPU memory")
 
 
 def length_sorted_batches(samples: list[Sample], batch_size: int) -> list[list[int]]:
@@ -234,7 +274,7 @@ def _loader(
         batch_sampler=_QueueBatchSampler(batches, claim),
         num_workers=settings.num_workers,
         collate_fn=list,
-        pin_memory=False,
+        pin_memory=settings.pin_memory,
     )
     with tqdm(total=len(samples), desc=name, unit="sample", disable=not progress, dynamic_ncols=True) as bar:
         for items in loader:

@@ -134,3 +134,30 @@ def test_list_models(capsys):
     assert eval_main(["--list-models"]) == 0
     out = capsys.readouterr().out
     assert "random" in out and "blind-vicuna" in out and "blind" in out
+
+
+def test_auto_batch_size_takes_the_largest_that_fits(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from mcub.runner import find_batch_size
+
+    sizes = []
+    original = RandomModel.generate
+
+    def limited(self, batch, max_new_tokens, stop="eos"):
+        sizes.append(len(batch.samples))
+        if len(batch.samples) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(self, batch, max_new_tokens, stop)
+
+    monkeypatch.setattr(RandomModel, "generate", limited)
+    from mcub.data import DataPaths, load_task
+    from mcub.models.base import Runtime
+    from mcub.runner import RunSettings
+
+    [task] = load_registry().resolve(["mcub-sample"])
+    data = load_task(task, DataPaths())
+    assert find_batch_size(RandomModel(Runtime()), data.samples, data, "paper", RunSettings(batch_size=None)) == 2
+    assert sizes == [4, 2]  # 5 samples: the probe starts at the largest candidate size below 5
+    assert _run(tmp_path, "--tasks", "mcub-sample", "--batch-size", "auto", "--run-name", "a") == 0
+    assert len(_records(tmp_path / "results" / "random" / "a")) == 5

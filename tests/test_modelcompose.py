@@ -197,3 +197,24 @@ def test_tiny_damc_runs_the_sample_task_end_to_end(tiny, tmp_path, capsys):
     assert all(set(r["option_logliks"]) == {"A", "B", "C", "D"} for r in loglik)
     summary = json.loads((tmp_path / "tiny-damc" / "ll" / "summary.json").read_text())
     assert summary["model"]["composition"] == "damc" and len(summary["model"]["sources"]) == 4
+
+
+def test_feature_cache_lets_a_coefficient_change_skip_every_encoder(tiny, tmp_path, monkeypatch):
+    cache = tmp_path / "features"
+    experts = {"image": tiny["experts"]["image"], "audio": tiny["experts"]["audio"]}
+    plain = _model(tiny, experts=experts)
+    first = _model(tiny, experts=experts, feature_cache=str(cache))
+    assert torch.allclose(_logits(plain), _logits(first), atol=1e-6)
+    assert first.feature_cache.misses == 2 and len(list(cache.rglob("*.safetensors"))) == 2
+
+    second = _model(tiny, experts=experts, lambdas={"image": 0.8, "audio": 0.2}, feature_cache=str(cache))
+
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("an encoder ran although its features were cached")
+
+    for encoder in second.encoders.values():
+        monkeypatch.setattr(encoder, "forward", no_encoder)
+    reweighted = _logits(second)
+    assert second.feature_cache.hits == 2 and second.feature_cache.misses == 0
+    uncached = _model(tiny, experts=experts, lambdas={"image": 0.8, "audio": 0.2})
+    assert torch.allclose(reweighted, _logits(uncached), atol=1e-6)

@@ -40,7 +40,20 @@ def load_media(modality: Modality, path: str, preprocessing: str | None = None) 
     if name not in module.PREPROCESSING:
         raise ValueError(f"unknown {modality} preprocessing {name!r}; known: {', '.join(module.PREPROCESSING)}")
     tensors, provenance = module.PREPROCESSING[name](path)
-    return MediaInput(modality, path, tensors, {"path": path, "preprocessing": name, **provenance})
+    return MediaInput(
+        modality, path, tensors, {"path": path, "sha256": file_sha256(path), "preprocessing": name, **provenance}
+    )
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file's bytes (media content identity, for records and the feature cache)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def check_file(path: str) -> None:

@@ -17,6 +17,7 @@ from mcub.models.base import Model, ModelError, PreparedBatch, Runtime, Stop
 from mcub.models.modelcompose.checkpoint import read_checkpoint
 from mcub.models.modelcompose.components import Component, resolve_components
 from mcub.models.modelcompose.compose import compose_experts, compose_merged
+from mcub.models.modelcompose.feature_cache import FeatureCache, weights_fingerprint
 from mcub.models.modelcompose.llm import LANGUAGE, ComposedLM, Span
 from mcub.prompts import vicuna_v1
 
@@ -32,7 +33,9 @@ class ModelComposeModel(Model):
     """DAMC / NaiveMC: experts composed at load time (`experts` + `lambdas`) or a merged checkpoint (`merged`).
 
     `encoders` replaces the encoder locations written in the checkpoints' config.json (by modality);
-    `point_encoder` holds Point-BERT config fields when the weights are not the released size."""
+    `point_encoder` holds Point-BERT config fields when the weights are not the released size; `feature_cache`
+    is a directory where encoder features are kept between runs (keyed by media content, preprocessing and
+    encoder weights)."""
 
     def __init__(
         self,
@@ -44,6 +47,7 @@ class ModelComposeModel(Model):
         lambdas: Mapping[str, float] | None = None,
         encoders: Mapping[str, str] | None = None,
         point_encoder: Mapping[str, int] | None = None,
+        feature_cache: str | None = None,
     ):
         if (experts is None) == (merged is None):
             raise ModelError("a ModelCompose model takes either `experts` (composed at load time) or `merged`")
@@ -72,7 +76,18 @@ class ModelComposeModel(Model):
         self.encoder_paths = {m: paths[f"{m} encoder"] for m in self.composition.modalities}
         self.modalities = frozenset(self.composition.modalities)
         self.media_preprocessing = {m: MEDIA_PREPROCESSING[m] for m in self.modalities}
+        self.feature_cache = FeatureCache(Path(feature_cache).expanduser()) if feature_cache else None
         self._build(dict(point_encoder or {}))
+        self.encoder_fingerprints = (
+            {
+                m: weights_fingerprint(
+                    path, m, self.composition.modalities[m].select_layer, self.runtime.dtype, point_encoder
+                )
+                for m, path in self.encoder_paths.items()
+            }
+            if self.feature_cache
+            else {}
+        )
 
     def _build(self, point_encoder: dict[str, int]) -> None:
         from transformers import LlamaForCausalLM
@@ -153,31 +168,45 @@ class ModelComposeModel(Model):
         return blocks
 
     def _encode(self, modality: Modality, items: list[MediaInput]) -> list[Tensor]:
-        """Encode, project and wrap in local tokens a list of one modality's inputs (batched where shapes agree)."""
+        """Encode (or take from the feature cache), project and wrap in local tokens a list of one modality's
+        inputs, batched where shapes agree."""
         device, dtype = self.lm.device, self.lm.dtype
-        encoder, projector = self.encoders[modality], self.projectors[modality]
-        prefix, suffix = self.local_tokens[modality]
-        groups: dict[tuple, list[int]] = {}
-        for index, item in enumerate(items):
-            shape = tuple(tuple(t.shape) for t in item.tensors.values())
-            groups.setdefault(shape, []).append(index)
-        outputs: list[Tensor | None] = [None] * len(items)
-        for indices in groups.values():
+        features: list[Tensor | None] = [None] * len(items)
+        keys = (
+            [self.feature_cache.key(item, self.encoder_fingerprints[modality]) for item in items]
+            if self.feature_cache
+            else []
+        )
+        for index, key in enumerate(keys):
+            cached = self.feature_cache.get(key)
+            if cached is not None:
+                features[index] = cached.to(device=device, dtype=dtype, non_blocking=True)
+        missing = [index for index, found in enumerate(features) if found is None]
+        for indices in _same_shape(missing, lambda i: tuple(tuple(t.shape) for t in items[i].tensors.values())):
             stacked = {
-                key: torch.stack([items[i].tensors[key] for i in indices]).to(device)
+                key: torch.stack([items[i].tensors[key] for i in indices]).to(device, non_blocking=True)
                 for key in items[indices[0]].tensors
             }
-            if modality == "audio":
-                features, _ = encoder(stacked["fbank"].to(dtype), stacked["padding_mask"])
-            elif modality == "point":
-                features = encoder(stacked["points"].to(dtype))
-            else:
-                features = encoder(stacked["pixel_values"].to(dtype))
-            projected = projector(features.to(dtype))
+            encoded = self._run_encoder(modality, stacked)
             for position, index in enumerate(indices):
-                pieces = [t for t in (prefix, projected[position], suffix) if t is not None]
-                outputs[index] = torch.cat(pieces)
+                features[index] = encoded[position]
+                if self.feature_cache:
+                    self.feature_cache.put(keys[index], encoded[position])
+        prefix, suffix = self.local_tokens[modality]
+        outputs: list[Tensor | None] = [None] * len(items)
+        for indices in _same_shape(range(len(items)), lambda i: tuple(features[i].shape)):
+            projected = self.projectors[modality](torch.stack([features[i] for i in indices]).to(dtype))
+            for position, index in enumerate(indices):
+                outputs[index] = torch.cat([t for t in (prefix, projected[position], suffix) if t is not None])
         return outputs  # type: ignore[return-value]
+
+    def _run_encoder(self, modality: Modality, stacked: dict[str, Tensor]) -> Tensor:
+        encoder, dtype = self.encoders[modality], self.lm.dtype
+        if modality == "audio":
+            return encoder(stacked["fbank"].to(dtype), stacked["padding_mask"])[0]
+        if modality == "point":
+            return encoder(stacked["points"].to(dtype))
+        return encoder(stacked["pixel_values"].to(dtype))
 
     def generate(self, batch: PreparedBatch, max_new_tokens: int, stop: Stop = "eos") -> list[str]:
         packed = self.lm.pack(batch.inputs)
@@ -202,8 +231,17 @@ class ModelComposeModel(Model):
             "encoders": {m: str(path) for m, path in self.encoder_paths.items()},
             "media_preprocessing": self.media_preprocessing,
             "dtype": self.runtime.dtype,
+            "feature_cache": str(self.feature_cache.directory) if self.feature_cache else None,
             "notes": self.composition.notes,
         }
+
+
+def _same_shape(indices, shape_of) -> list[list[int]]:
+    """`indices` grouped by `shape_of(index)`, in first-seen order."""
+    groups: dict[tuple, list[int]] = {}
+    for index in indices:
+        groups.setdefault(shape_of(index), []).append(index)
+    return list(groups.values())
 
 
 def load_encoder(modality: Modality, path: Path, select_layer: int, point_encoder: dict[str, int]) -> torch.nn.Module:

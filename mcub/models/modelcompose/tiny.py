@@ -224,8 +224,14 @@ def write_tiny_expert(directory: Path, modality: Modality, kind: str, seed: int,
 class TinyDamcModel:
     """Factory for the `modelcompose-tiny` adapter: the tiny files (made on first use) as a ModelComposeModel."""
 
-    def __new__(cls, runtime, cache_dir: str | None = None, lambdas: dict[str, float] | None = None):
+    def __new__(
+        cls,
+        runtime,
+        cache_dir: str | None = None,
+        lambdas: dict[str, float] | None = None,
+        feature_cache: str | None = None,
+    ):
         from mcub.models.modelcompose.model import ModelComposeModel
 
         layout = tiny_damc_layout(Path(cache_dir).expanduser() if cache_dir else DEFAULT_CACHE)
-        return ModelComposeModel(runtime, lambdas=lambdas, **layout)
+        return ModelComposeModel(runtime, lambdas=lambdas, feature_cache=feature_cache, **layout)
