@@ -1,8 +1,9 @@
-"""`python -m mcub.bench`: the composed (routed-LoRA) forward against the dense forward of the same model shape,
-on a synthetic MCUB-4-shaped DAMC sample (3,380 positions), in one run on one device.
-
-Random weights: only shapes and routing matter for time. Prints a table and writes a JSON file with the
-device name, every time, samples/s and the ratios to the dense forward (the roofline)."""
+"""`python -m mcub.bench`: in one run on one device, with random weights (only shapes and routing matter for
+time): the dense forward of an MCUB-4-shaped DAMC sample (3,380 positions, the roofline), the composed
+(routed-LoRA) forward of the same shape, each encoder, and the end-to-end evaluation of an MCUB-4-format task
+whose realistic media the bench writes (336 px images, 10 s 320x240 mp4 at 30 fps, 10 s wav, 8,192-point npy),
+decoded by the real pipeline. Prints tables and writes a JSON file with the device name, every time,
+samples/s and the ratios to the roofline."""
 
 from __future__ import annotations
 
@@ -227,6 +228,113 @@ def encoder_throughput(shape_name: str, batch_sizes: list[int], device: str, dty
     return rows
 
 
+def write_bench_task(root: Path, samples: int, distinct: int, full: bool) -> Path:
+    """An MCUB-4-format task under `root/data` whose samples cycle through `distinct` media sets."""
+    from mcub.media import synthetic
+
+    media = root / "data" / "bench"
+    media.mkdir(parents=True, exist_ok=True)
+    seconds, frames, points = (10.0, 300, 8192) if full else (1.0, 30, 1024)
+    for index in range(distinct):
+        synthetic.write_image(media / f"image-{index}.png", 336, 336, seed=index)
+        synthetic.write_video(media / f"video-{index}.mp4", frames=frames, width=320, height=240, fps=30)
+        synthetic.write_audio(media / f"audio-{index}.wav", seconds, 16_000, 1, 220.0 * (index + 1))
+        synthetic.write_points(media / f"point-{index}.npy", points, 6, seed=index)
+    prompt = (
+        "image: <image>\naudio: <audio>\nvideo: <video>\npoint: <point>\n"
+        "Which attribute do all of these inputs have in common?\nA. A dog\nB. Rain\nC. Music\nD. A car"
+    )
+    questions, answers = [], []
+    for number in range(samples):
+        index = number % distinct
+        modal_inputs = {
+            "vision": [f"data/bench/image-{index}.png"],
+            "audio": [f"data/bench/audio-{index}.wav"],
+            "video": [f"data/bench/video-{index}.mp4"],
+            "point": [f"data/bench/point-{index}.npy"],
+        }
+        human = {"from": "human", "value": prompt}
+        questions.append(
+            {"id": number, "conversations": [human, {"from": "gpt", "value": None}], "modal_inputs": modal_inputs}
+        )
+        answers.append({"id": number, "conversations": [human, {"from": "gpt", "value": "ABCD"[number % 4]}]})
+    (root / "data" / "test").mkdir(parents=True, exist_ok=True)
+    (root / "data" / "test" / "MCUB-4.json").write_text(json.dumps(questions))
+    (root / "data" / "test" / "MCUB-answer.json").write_text(json.dumps(answers))
+    return root / "data"
+
+
+def random_composition(llama, shape: dict[str, int], device: str, dtype):
+    """A 4-way DAMC composition with random LoRA, projectors and local tokens of the released shapes."""
+    import torch
+
+    from mcub.models.modelcompose.compose import Composition, ModalityParts
+    from mcub.models.modelcompose.projectors import build_projector
+
+    adapters, routes = damc_adapters(llama, shape["rank"], device, dtype)
+    full = shape["hidden"] == SHAPES["7b"]["hidden"]
+    widths = {"image": 1024, "video": 1024, "audio": 768, "point": 384} if full else dict.fromkeys(EXPERTS, 32)
+    kinds = {"image": "mlp2x_gelu", "video": "mlp2x_gelu", "audio": "qformer_32N_2L", "point": "mlp2x_gelu"}
+    parts = {}
+    for modality in EXPERTS:
+        projector = build_projector(kinds[modality], widths[modality], shape["hidden"])
+        local = [torch.randn(1, 5, shape["hidden"]) * 0.02 for _ in range(2)]
+        parts[modality] = ModalityParts(
+            kinds[modality], widths[modality], projector.state_dict(), *local, None, -2, modality
+        )
+    return Composition("damc", adapters, routes, parts)
+
+
+def end_to_end(shape_name: str, root: Path, samples: int, batch_size: int, workers: int, device: str,
+               dtype_name: str) -> dict[str, Any]:  # fmt: skip
+    """Samples/s of the real runner (decoding workers, encoders, composed prefill, first-character decoding)."""
+    import torch
+
+    from mcub.data import DataPaths, load_task
+    from mcub.models.base import Runtime
+    from mcub.models.modelcompose.model import ModelComposeModel
+    from mcub.models.modelcompose.tiny import CORPUS, train_llama_like_tokenizer
+    from mcub.models.modelcompose.tokenization import ChunkTokenizer
+    from mcub.runner import Distributed, RunSettings, run_task
+    from mcub.tasks import load_registry
+
+    full = shape_name == "7b"
+    data_root = write_bench_task(root, samples, distinct=8 if full else 2, full=full)
+    shape = dict(SHAPES[shape_name])
+    tokenizer = ChunkTokenizer(train_llama_like_tokenizer(root / "tokenizer", CORPUS, 32000 - 400 if full else 0))
+    shape["vocab"] = max(shape["vocab"], 32000 if full else 400)
+    dtype = getattr(torch, dtype_name)
+    llama = build_model(shape, device, dtype)
+    composition = random_composition(llama, shape, device, dtype)
+    encoders = {name.split()[0]: module for name, (module, _) in build_encoders(shape_name, device, dtype).items()}
+    model = ModelComposeModel.from_parts(Runtime(device, dtype_name), composition, llama, tokenizer, encoders)
+    [task] = load_registry().resolve(["mcub-4"])
+    data = load_task(task, DataPaths(data_root=data_root, download=False))
+    settings = RunSettings("paper", batch_size, workers, 128, pin_memory=device.startswith("cuda"))
+    warm = RunSettings("paper", batch_size, workers, 128, limit=batch_size, pin_memory=settings.pin_memory)
+    run_task(model, data, warm, root / "warmup", Distributed(), progress=False)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    run_task(model, data, settings, root / "records", Distributed(), progress=False)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    records = [json.loads(line) for line in (root / "records" / "mcub-4.jsonl").read_text().splitlines()]
+    errors = [record["error"] for record in records if record["error"]]
+    if errors:
+        raise RuntimeError(f"end-to-end bench: {len(errors)} sample(s) failed, e.g. {errors[0]}")
+    return {
+        "samples": samples,
+        "batch_size": batch_size,
+        "workers": workers,
+        "seconds": elapsed,
+        "samples_per_s": samples / elapsed,
+        "mean_decode_s_per_sample": sum(r["timing"]["decode_s"] for r in records) / len(records),
+        "mean_model_s_per_sample": sum(r["timing"]["model_s"] for r in records) / len(records),
+    }
+
+
 def print_table(result: dict[str, Any], out=None) -> None:
     out = out or sys.stdout
     print(f"device: {result['device']}  shape: {result['shape']}  dtype: {result['dtype']}", file=out)
@@ -237,6 +345,14 @@ def print_table(result: dict[str, Any], out=None) -> None:
             f"| {row['batch_size']} | {row['dense_s']:.4f} | {row['composed_damc_s']:.4f} | "
             f"{row['composed_over_dense']:.3f} | {row['language_route_everywhere_s']:.4f} | "
             f"{row['everywhere_over_dense']:.3f} | {row['dense_samples_per_s']:.2f} |",
+            file=out,
+        )
+    if result.get("end_to_end"):
+        e2e = result["end_to_end"]
+        print(
+            f"end to end: {e2e['samples']} MCUB-4 samples, batch {e2e['batch_size']}, {e2e['workers']} workers: "
+            f"{e2e['samples_per_s']:.2f} samples/s = {e2e['over_dense_prefill']:.3f} of the dense prefill "
+            f"throughput (decode {e2e['mean_decode_s_per_sample']:.3f} s/sample in workers)",
             file=out,
         )
     if result.get("encoders"):
@@ -258,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--encoder-batch-sizes", default="8,32", help="empty: do not time the encoders")
+    parser.add_argument("--end-to-end", type=int, default=64, help="samples of the end-to-end run (0: none)")
+    parser.add_argument("--end-to-end-batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=8, help="decoding workers of the end-to-end run")
     parser.add_argument("--json", type=Path, default=Path("bench.json"))
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.batch_sizes.split(",")]
@@ -267,6 +386,17 @@ def main(argv: list[str] | None = None) -> int:
         result["encoders"] = encoder_throughput(
             args.shape, encoder_sizes, args.device, args.dtype, args.warmup, args.iterations
         )
+    if args.end_to_end:
+        import gc
+        import tempfile
+
+        gc.collect()
+        with tempfile.TemporaryDirectory(prefix="mcub-bench-") as root:
+            e2e = end_to_end(args.shape, Path(root), args.end_to_end, args.end_to_end_batch_size, args.workers,
+                             args.device, args.dtype)  # fmt: skip
+        dense = next((row for row in result["rows"] if row["batch_size"] == e2e["batch_size"]), None)
+        e2e["over_dense_prefill"] = e2e["samples_per_s"] / dense["dense_samples_per_s"] if dense else None
+        result["end_to_end"] = e2e
     print_table(result)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -16,9 +16,10 @@ from mcub.modalities import Modality
 from mcub.models.base import Model, ModelError, PreparedBatch, Runtime, Stop
 from mcub.models.modelcompose.checkpoint import read_checkpoint
 from mcub.models.modelcompose.components import Component, resolve_components
-from mcub.models.modelcompose.compose import compose_experts, compose_merged
+from mcub.models.modelcompose.compose import Composition, compose_experts, compose_merged
 from mcub.models.modelcompose.feature_cache import FeatureCache, weights_fingerprint
 from mcub.models.modelcompose.llm import LANGUAGE, ComposedLM, Span
+from mcub.models.modelcompose.tokenization import load_chunk_tokenizer
 from mcub.prompts import vicuna_v1
 
 MEDIA_PREPROCESSING: dict[Modality, str] = {
@@ -74,14 +75,18 @@ class ModelComposeModel(Model):
         paths.update(resolve_components(unplaced, runtime.offline))
         self.base_path = paths["base LLM (Vicuna)"]
         self.encoder_paths = {m: paths[f"{m} encoder"] for m in self.composition.modalities}
-        self.modalities = frozenset(self.composition.modalities)
-        self.media_preprocessing = {m: MEDIA_PREPROCESSING[m] for m in self.modalities}
+        dtype = getattr(torch, runtime.dtype)
+        llama = load_llama(self.base_path, dtype)
+        encoder_modules = {
+            m: load_encoder(m, path, self.composition.modalities[m].select_layer, dict(point_encoder or {}))
+            for m, path in self.encoder_paths.items()
+        }
+        self._assemble(runtime, self.composition, llama, load_chunk_tokenizer(self.base_path), encoder_modules)
         self.feature_cache = FeatureCache(Path(feature_cache).expanduser()) if feature_cache else None
-        self._build(dict(point_encoder or {}))
         self.encoder_fingerprints = (
             {
                 m: weights_fingerprint(
-                    path, m, self.composition.modalities[m].select_layer, self.runtime.dtype, point_encoder
+                    path, m, self.composition.modalities[m].select_layer, runtime.dtype, point_encoder
                 )
                 for m, path in self.encoder_paths.items()
             }
@@ -89,28 +94,40 @@ class ModelComposeModel(Model):
             else {}
         )
 
-    def _build(self, point_encoder: dict[str, int]) -> None:
-        from transformers import LlamaForCausalLM
+    @classmethod
+    def from_parts(cls, runtime: Runtime, composition: Composition, llama, tokenizer, encoders) -> ModelComposeModel:
+        """A model from parts already in memory (benchmarks with random weights); no feature cache."""
+        model = cls.__new__(cls)
+        model.base_path = None
+        model.encoder_paths = {}
+        model.feature_cache = None
+        model.encoder_fingerprints = {}
+        model._assemble(runtime, composition, llama, tokenizer, encoders)
+        return model
 
+    def _assemble(self, runtime: Runtime, composition: Composition, llama, tokenizer, encoders) -> None:
+        """Install the routed LoRA into `llama`, load the projectors and local tokens, place everything."""
         from mcub.models.modelcompose.lora import RoutingState, install_routed_lora
         from mcub.models.modelcompose.projectors import build_projector
-        from mcub.models.modelcompose.tokenization import load_chunk_tokenizer
 
-        dtype = getattr(torch, self.runtime.dtype)
-        device = torch.device(self.runtime.device)
-        llama = LlamaForCausalLM.from_pretrained(self.base_path, dtype=dtype).to(device).eval()
+        self.runtime = runtime
+        self.composition = composition
+        self.modalities = frozenset(composition.modalities)
+        self.media_preprocessing = {m: MEDIA_PREPROCESSING[m] for m in self.modalities}
+        dtype = getattr(torch, runtime.dtype)
+        device = torch.device(runtime.device)
+        llama = llama.to(device=device, dtype=dtype).eval()
         state = RoutingState()
-        install_routed_lora(llama.model.layers, self.composition.adapters, self.composition.routes, state)
-        self.composition.adapters.clear()
+        install_routed_lora(llama.model.layers, composition.adapters, composition.routes, state)
+        composition.adapters.clear()
         self.lm = ComposedLM(llama, state)
-        self.tokenizer = load_chunk_tokenizer(self.base_path)
+        self.tokenizer = tokenizer
         hidden = llama.config.hidden_size
         self.encoders: dict[Modality, torch.nn.Module] = {}
         self.projectors: dict[Modality, torch.nn.Module] = {}
         self.local_tokens: dict[Modality, tuple[Tensor | None, Tensor | None]] = {}
-        for modality, parts in self.composition.modalities.items():
-            encoder = load_encoder(modality, self.encoder_paths[modality], parts.select_layer, point_encoder)
-            self.encoders[modality] = encoder.to(device=device, dtype=dtype).eval()
+        for modality, parts in composition.modalities.items():
+            self.encoders[modality] = encoders[modality].to(device=device, dtype=dtype).eval()
             projector = build_projector(parts.projector_kind, parts.projector_width, hidden)
             result = projector.load_state_dict(parts.projector_state, strict=False)
             if result.missing_keys or result.unexpected_keys:
@@ -223,7 +240,7 @@ class ModelComposeModel(Model):
         return {
             "adapter": "modelcompose",
             "composition": self.composition.kind,
-            "base": str(self.base_path),
+            "base": str(self.base_path) if self.base_path else None,
             "sources": self.composition.sources,
             "routes": {
                 name: [list(item) for item in route.adapters] for name, route in self.composition.routes.items()
@@ -234,6 +251,13 @@ class ModelComposeModel(Model):
             "feature_cache": str(self.feature_cache.directory) if self.feature_cache else None,
             "notes": self.composition.notes,
         }
+
+
+def load_llama(path: Path, dtype):
+    """The base LLM (Vicuna) of a local transformers directory."""
+    from transformers import LlamaForCausalLM
+
+    return LlamaForCausalLM.from_pretrained(path, dtype=dtype)
 
 
 def _same_shape(indices, shape_of) -> list[list[int]]:

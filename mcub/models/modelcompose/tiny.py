@@ -99,9 +99,10 @@ def write_tiny_base(directory: Path) -> None:
     LlamaForCausalLM(config).save_pretrained(directory)
 
 
-def train_llama_like_tokenizer(directory: Path, corpus: list[str]) -> Path:
-    """`directory/tokenizer.model`: a 400-piece SentencePiece BPE set up like Llama's (byte fallback, dummy
-    prefix, whitespace kept as is, digits split, UNK 0, BOS 1, EOS 2), trained deterministically on `corpus`."""
+def train_llama_like_tokenizer(directory: Path, corpus: list[str], extra_pieces: int = 0) -> Path:
+    """`directory/tokenizer.model`: a SentencePiece BPE of about 400 learned pieces set up like Llama's (byte
+    fallback, dummy prefix, whitespace kept as is, digits split, UNK 0, BOS 1, EOS 2), trained deterministically
+    on `corpus`; `extra_pieces` placeholder pieces pad the vocabulary towards a real LLM's size."""
     import sentencepiece
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -109,7 +110,8 @@ def train_llama_like_tokenizer(directory: Path, corpus: list[str]) -> Path:
         sentence_iterator=iter(corpus),
         model_prefix=str(directory / "tokenizer"),
         model_type="bpe",
-        vocab_size=400,
+        vocab_size=400 + extra_pieces,
+        user_defined_symbols=[f"<piece{index}>" for index in range(extra_pieces)],
         hard_vocab_limit=False,
         byte_fallback=True,
         add_dummy_prefix=True,
