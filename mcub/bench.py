@@ -379,7 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=8, help="decoding workers of the end-to-end run")
     parser.add_argument("--json", type=Path, default=Path("bench.json"))
     args = parser.parse_args(argv)
-    sizes = [int(size) for size in args.batch_sizes.split(",")]
+    sizes = sorted(
+        {int(size) for size in args.batch_sizes.split(",")}
+        | ({args.end_to_end_batch_size} if args.end_to_end else set())
+    )
     result = run_bench(args.shape, sizes, args.device, args.dtype, args.warmup, args.iterations)
     encoder_sizes = [int(size) for size in args.encoder_batch_sizes.split(",") if size]
     if encoder_sizes:
@@ -394,8 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="mcub-bench-") as root:
             e2e = end_to_end(args.shape, Path(root), args.end_to_end, args.end_to_end_batch_size, args.workers,
                              args.device, args.dtype)  # fmt: skip
-        dense = next((row for row in result["rows"] if row["batch_size"] == e2e["batch_size"]), None)
-        e2e["over_dense_prefill"] = e2e["samples_per_s"] / dense["dense_samples_per_s"] if dense else None
+        dense = next(row for row in result["rows"] if row["batch_size"] == e2e["batch_size"])
+        e2e["over_dense_prefill"] = e2e["samples_per_s"] / dense["dense_samples_per_s"]
         result["end_to_end"] = e2e
     print_table(result)
     args.json.write_text(json.dumps(result, indent=2) + "\n")

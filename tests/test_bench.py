@@ -7,6 +7,7 @@ def test_bench_runs_the_tiny_shape_and_writes_its_ratios(tmp_path, capsys):
     out = tmp_path / "bench.json"
     arguments = ["--shape", "tiny", "--device", "cpu", "--dtype", "float32", "--batch-sizes", "1,2"]
     arguments += ["--warmup", "0", "--iterations", "1", "--encoder-batch-sizes", "2", "--json", str(out)]
+    arguments += ["--end-to-end", "4", "--end-to-end-batch-size", "2", "--workers", "0"]
     assert main(arguments) == 0
     result = json.loads(out.read_text())
     assert result["device"] == "cpu" and [row["batch_size"] for row in result["rows"]] == [1, 2]
@@ -16,4 +17,7 @@ def test_bench_runs_the_tiny_shape_and_writes_its_ratios(tmp_path, capsys):
         assert row["composed_over_dense"] == row["composed_damc_s"] / row["dense_s"]
     assert [row["encoder"].split()[0] for row in result["encoders"]] == ["image", "video", "audio", "point"]
     assert all(row["items_per_s"] == 2 / row["seconds"] for row in result["encoders"])
+    e2e = result["end_to_end"]
+    assert e2e["samples"] == 4 and e2e["samples_per_s"] == 4 / e2e["seconds"]
+    assert e2e["over_dense_prefill"] == e2e["samples_per_s"] / result["rows"][1]["dense_samples_per_s"]
     assert "| 1 |" in capsys.readouterr().out
