@@ -237,3 +237,38 @@ def start_run(run_dir: Path, identity: dict[str, Any], resume: bool) -> None:
         raise FileExistsError(f"{run_dir}: already holds a run; use --resume or another --run-name")
     run_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+class RunFiles:
+    """A run directory read strictly: its summary and every task's records by id (duplicates are an error)."""
+
+    def __init__(self, run_dir: Path):
+        if not (run_dir / "summary.json").is_file():
+            raise ValueError(f"{run_dir}: not a run directory (no summary.json)")
+        raw = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        version = raw.get("schema_version") if isinstance(raw, dict) else None
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise ValueError(
+                f"{run_dir}/summary.json: schema version {version!r}; this mcub reads versions up to {SCHEMA_VERSION}"
+            )
+        self.run_dir = run_dir
+        self.summary = RunSummary.model_validate(raw)
+        self.records: dict[str, dict[str, dict[str, Any]]] = {}
+        for task in self.summary.tasks:
+            self.records[task] = read_unique_records(run_dir / "records" / f"{task}.jsonl")
+
+
+def read_unique_records(path: Path) -> dict[str, dict[str, Any]]:
+    """Records by id; a missing file, a damaged line or a repeated id is an error naming the file and line."""
+    if not path.is_file():
+        raise ValueError(f"{path}: no records file")
+    records: dict[str, dict[str, Any]] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise ValueError(f"{path}:{number}: damaged record") from None
+        if record["id"] in records:
+            raise ValueError(f"{path}:{number}: id {record['id']!r} is recorded twice")
+        records[record["id"]] = record
+    return records

@@ -1,0 +1,83 @@
+"""Paired statistics between two runs on the same items: accuracy difference with a paired bootstrap interval,
+the exact McNemar test, and Holm's correction across tasks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+BOOTSTRAP_RESAMPLES = 10_000
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """New minus base accuracy (points) on `n` paired items; `base_only` / `new_only` count the discordant items
+    that only the base / only the new run got right."""
+
+    n: int
+    base_correct: int
+    new_correct: int
+    base_only: int
+    new_only: int
+    difference: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+
+
+def mcnemar_exact(base_only: int, new_only: int) -> float:
+    """Two-sided exact McNemar p-value: twice the binomial(b + c, 1/2) tail of the smaller count, capped at 1."""
+    discordant = base_only + new_only
+    if discordant == 0:
+        return 1.0
+    smaller = min(base_only, new_only)
+    tail = sum(math.comb(discordant, k) for k in range(smaller + 1)) / 2**discordant
+    return min(1.0, 2 * tail)
+
+
+def paired_bootstrap(n: int, base_only: int, new_only: int, seed: int) -> tuple[float, float]:
+    """95% percentile interval (points) of the mean paired difference. Resampling n items with replacement draws
+    each item's difference (-1, 0, +1) independently, so a resample's counts are multinomial: drawn as such."""
+    import numpy as np
+
+    if n == 0:
+        return (0.0, 0.0)
+    rng = np.random.default_rng(seed)
+    probabilities = [base_only / n, new_only / n, (n - base_only - new_only) / n]
+    counts = rng.multinomial(n, probabilities, size=BOOTSTRAP_RESAMPLES)
+    differences = (counts[:, 1] - counts[:, 0]) / n * 100
+    low, high = np.percentile(differences, [2.5, 97.5])
+    return round(float(low), 4), round(float(high), 4)
+
+
+def paired_difference(base: Sequence[bool], new: Sequence[bool], seed: int) -> PairedDifference:
+    """Compare two runs' correctness on the same items, in the same order."""
+    if len(base) != len(new):
+        raise ValueError("paired outcomes must have the same length")
+    n = len(base)
+    base_only = sum(1 for b, c in zip(base, new, strict=True) if b and not c)
+    new_only = sum(1 for b, c in zip(base, new, strict=True) if c and not b)
+    low, high = paired_bootstrap(n, base_only, new_only, seed)
+    return PairedDifference(
+        n=n,
+        base_correct=sum(map(bool, base)),
+        new_correct=sum(map(bool, new)),
+        base_only=base_only,
+        new_only=new_only,
+        difference=round((new_only - base_only) / n * 100, 4) if n else 0.0,
+        ci_low=low,
+        ci_high=high,
+        p_value=mcnemar_exact(base_only, new_only),
+    )
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the input order."""
+    order = sorted(range(len(p_values)), key=lambda index: p_values[index])
+    adjusted = [0.0] * len(p_values)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
