@@ -1,0 +1,270 @@
+"""`python -m mcub.leaderboard validate|add|build` (job 2): a submission is a run directory; every figure it shows
+is recomputed from its per-sample records, its task data are checked against the task files, and the page marks
+ranks that are statistically tied."""
+
+from __future__ import annotations
+
+import argparse
+import html
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from mcub.data import DataPaths, load_task
+from mcub.errors import McubError
+from mcub.results import RunFiles
+from mcub.scoring import authors_postprocess, group_metrics, score_generated, score_loglik, score_paper, task_metrics
+from mcub.stats import mcnemar_exact
+from mcub.tasks import load_registry
+
+LEADERBOARD_DIR = Path(__file__).resolve().parent.parent / "leaderboard"
+TIE_ALPHA = 0.05
+
+
+def validate_run(run_dir: Path, paths: DataPaths) -> list[str]:
+    """Every reason the run is not an acceptable submission (none: it is)."""
+    try:
+        run = RunFiles(run_dir)
+    except (ValueError, OSError) as error:
+        return [str(error)]
+    reasons = []
+    if run.summary.settings.get("limit") is not None:
+        reasons.append(f"the run was limited to {run.summary.settings['limit']} samples per task")
+    registry = load_registry()
+    seed = int(run.summary.settings.get("seed", 0))
+    recomputed = {}
+    for name, summary in run.summary.tasks.items():
+        if name not in registry.tasks:
+            reasons.append(f"{name}: not a task of this mcub")
+            continue
+        spec = registry.tasks[name]
+        if summary.protocol != spec.protocol:
+            reasons.append(f"{name}: protocol {summary.protocol}; the leaderboard takes {spec.protocol}")
+        try:
+            data = load_task(spec, paths)
+        except McubError as error:
+            reasons.append(f"{name}: its task files cannot be read to check the run ({error})")
+            continue
+        if (summary.question_sha256, summary.answer_sha256) != (data.question_sha256, data.answer_sha256):
+            reasons.append(f"{name}: the run's task data hashes differ from those of the task files")
+        records = run.records[name]
+        gold = {sample.id: sample for sample in data.samples}
+        missing = [sample_id for sample_id in gold if sample_id not in records]
+        if missing:
+            reasons.append(f"{name}: {len(missing)} gold id(s) without a record: {', '.join(missing[:10])}")
+        unknown = [sample_id for sample_id in records if sample_id not in gold]
+        if unknown:
+            reasons.append(
+                f"{name}: {len(unknown)} record(s) for ids that are not in the task: {', '.join(unknown[:10])}"
+            )
+        wrong = [i for i, record in records.items() if i in gold and not _record_holds(record, gold[i], spec)]
+        if wrong:
+            reasons.append(f"{name}: {len(wrong)} record(s) whose gold or score does not follow from their output: "
+                           f"{', '.join(wrong[:10])}")  # fmt: skip
+        recomputed[name] = task_metrics(list(gold), records, spec.breakdown, seed)
+        if recomputed[name] != summary.metrics:
+            reasons.append(
+                f"{name}: the summary's metrics differ from those recomputed from the records "
+                f"(accuracy {summary.metrics.accuracy} in the summary, {recomputed[name].accuracy} recomputed)"
+            )
+    for name, group in run.summary.groups.items():
+        if all(task in recomputed for task in group.tasks):
+            if group_metrics({task: recomputed[task] for task in group.tasks}, seed) != group:
+                reasons.append(f"group {name}: the summary's metrics differ from those recomputed from the records")
+    return reasons
+
+
+def _record_holds(record: dict, sample, spec) -> bool:
+    """The record's gold is the task's, and its `correct` follows from its output under its protocol."""
+    if record.get("gold") != sample.answer:
+        return False
+    if record.get("error"):
+        return record.get("correct") is False
+    if record["protocol"] == "loglik":
+        outcome = score_loglik(record.get("option_logliks") or {"": 0.0}, sample.answer)
+    elif record["protocol"] == "paper":
+        outcome = score_paper(
+            authors_postprocess(record.get("output") or ""), sample.answer, sample.options, spec.paper_match
+        )
+    else:
+        outcome = score_generated(record.get("output") or "", sample.answer, sample.options)
+    return outcome.correct == record.get("correct")
+
+
+def add_run(run_dir: Path, paths: DataPaths, leaderboard: Path = LEADERBOARD_DIR) -> Path:
+    """Copy a valid run into `leaderboard/submissions/`."""
+    reasons = validate_run(run_dir, paths)
+    if reasons:
+        raise ValueError(f"{run_dir} is not a valid submission:\n  " + "\n  ".join(reasons))
+    model = str(RunFiles(run_dir).summary.model.get("name", "model"))
+    target = leaderboard / "submissions" / re.sub(r"[^A-Za-z0-9._-]+", "_", f"{model}--{run_dir.name}")
+    if target.exists():
+        raise ValueError(f"{target} already exists")
+    shutil.copytree(run_dir, target)
+    return target
+
+
+@dataclass
+class Entry:
+    """One submission on the board: its run, its score over the shared tasks, its rank and tie mark."""
+
+    run: RunFiles
+    score: float
+    rank: int = 0
+    tied_with_previous: bool = False
+
+    @property
+    def model(self) -> str:
+        return str(self.run.summary.model.get("name", "?"))
+
+
+def rank_submissions(runs: list[RunFiles]) -> tuple[list[Entry], list[str]]:
+    """Entries by score (the mean accuracy over the tasks every submission has), with ties marked when a paired
+    exact McNemar test on the pooled shared items cannot tell an entry from the one ranked above it."""
+    shared = [task for task in runs[0].summary.tasks if all(task in run.summary.tasks for run in runs)] if runs else []
+    entries = [
+        Entry(run, sum(run.summary.tasks[t].metrics.accuracy or 0.0 for t in shared) / len(shared) if shared else 0.0)
+        for run in runs
+    ]
+    entries.sort(key=lambda entry: -entry.score)
+    for position, entry in enumerate(entries):
+        entry.rank = position + 1
+        if position:
+            above = entries[position - 1]
+            entry.tied_with_previous = _indistinguishable(above.run, entry.run, shared)
+            if entry.tied_with_previous:
+                entry.rank = above.rank
+    return entries, shared
+
+
+def _indistinguishable(first: RunFiles, second: RunFiles, tasks: list[str]) -> bool:
+    first_only = second_only = 0
+    for task in tasks:
+        a, b = first.records[task], second.records[task]
+        for sample_id in set(a) & set(b):
+            first_only += a[sample_id]["correct"] and not b[sample_id]["correct"]
+            second_only += b[sample_id]["correct"] and not a[sample_id]["correct"]
+    return mcnemar_exact(first_only, second_only) >= TIE_ALPHA
+
+
+def build(leaderboard: Path = LEADERBOARD_DIR) -> list[Entry]:
+    """Render `README.md` and `index.html` from every submission."""
+    runs = [RunFiles(path) for path in sorted((leaderboard / "submissions").glob("*")) if path.is_dir()]
+    entries, shared = rank_submissions(runs)
+    tasks = list(dict.fromkeys(task for run in runs for task in run.summary.tasks))
+    (leaderboard / "README.md").write_text(_markdown(entries, tasks, shared), encoding="utf-8")
+    (leaderboard / "index.html").write_text(_html(entries, tasks, shared), encoding="utf-8")
+    return entries
+
+
+def _cell(entry: Entry, task: str) -> tuple[str, float]:
+    summary = entry.run.summary.tasks.get(task)
+    if summary is None or summary.metrics.accuracy is None:
+        return "-", -1.0
+    m = summary.metrics
+    return f"{m.accuracy:.2f} [{m.ci_low:.2f}, {m.ci_high:.2f}]", m.accuracy
+
+
+def _rank_label(entry: Entry) -> str:
+    return f"{entry.rank}=" if entry.tied_with_previous else str(entry.rank)
+
+
+def _markdown(entries: list[Entry], tasks: list[str], shared: list[str]) -> str:
+    def clean(text: str) -> str:
+        return html.escape(text).replace("|", "&#124;")
+
+    lines = [
+        "# MCUB leaderboard",
+        "",
+        f"Score: mean accuracy over the tasks every submission ran ({', '.join(shared) or 'none'}). "
+        f"`2=` marks a rank tied with the one above (paired exact McNemar test, p >= {TIE_ALPHA}). Every figure is "
+        "recomputed from the submission's per-sample records (`python -m mcub.leaderboard validate`).",
+        "",
+        "| rank | model | run | score | " + " | ".join(clean(t) for t in tasks) + " |",
+        "|---|---|---|---:|" + "---:|" * len(tasks),
+    ]
+    for entry in entries:
+        cells = " | ".join(_cell(entry, task)[0] for task in tasks)
+        run_name = clean(entry.run.run_dir.name)
+        lines.append(f"| {_rank_label(entry)} | {clean(entry.model)} | {run_name} | {entry.score:.2f} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def _html(entries: list[Entry], tasks: list[str], shared: list[str]) -> str:
+    head = "".join(f'<th data-column="{i + 4}">{html.escape(t)}</th>' for i, t in enumerate(tasks))
+    rows = []
+    for entry in entries:
+        cells = "".join(
+            f'<td data-sort="{value:.4f}">{html.escape(text)}</td>' for text, value in (_cell(entry, t) for t in tasks)
+        )
+        rows.append(
+            f'<tr><td data-sort="{entry.rank}">{html.escape(_rank_label(entry))}</td>'
+            f"<td>{html.escape(entry.model)}</td><td>{html.escape(entry.run.run_dir.name)}</td>"
+            f'<td data-sort="{entry.score:.4f}">{entry.score:.2f}</td>{cells}</tr>'
+        )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>MCUB leaderboard</title>
+<style>body{{font-family:sans-serif}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px}}
+th{{cursor:pointer;background:#eee}}</style></head>
+<body><h1>MCUB leaderboard</h1>
+<p>Score: mean accuracy over the tasks every submission ran ({html.escape(", ".join(shared) or "none")}); cells show
+accuracy and its 95% bootstrap interval. A rank written <code>2=</code> is statistically tied with the one above
+(paired exact McNemar test, p &gt;= {TIE_ALPHA}). Click a column header to sort.</p>
+<table id="board"><thead><tr><th data-column="0">rank</th><th data-column="1">model</th><th data-column="2">run</th>
+<th data-column="3">score</th>{head}</tr></thead>
+<tbody>{"".join(rows)}</tbody></table>
+<script>
+document.querySelectorAll("#board th").forEach(function (header) {{
+  header.addEventListener("click", function () {{
+    var column = Number(header.dataset.column), body = document.querySelector("#board tbody");
+    var ascending = header.dataset.order !== "ascending";
+    header.dataset.order = ascending ? "ascending" : "descending";
+    var key = function (row) {{
+      var cell = row.children[column];
+      return cell.dataset.sort !== undefined ? Number(cell.dataset.sort) : cell.textContent;
+    }};
+    Array.from(body.rows).sort(function (a, b) {{
+      var x = key(a), y = key(b);
+      return (x < y ? -1 : x > y ? 1 : 0) * (ascending ? 1 : -1);
+    }}).forEach(function (row) {{ body.appendChild(row); }});
+  }});
+}});
+</script></body></html>
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mcub.cli import add_data_arguments, data_paths
+
+    parser = argparse.ArgumentParser(prog="python -m mcub.leaderboard", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("validate", "check a run directory"), ("add", "validate and copy a run into submissions/")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("run", type=Path)
+        add_data_arguments(command)
+        command.add_argument("--leaderboard", type=Path, default=LEADERBOARD_DIR)
+    builder = commands.add_parser("build", help="render leaderboard/README.md and leaderboard/index.html")
+    builder.add_argument("--leaderboard", type=Path, default=LEADERBOARD_DIR)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "validate":
+            reasons = validate_run(args.run, data_paths(args))
+            for reason in reasons:
+                print(f"rejected: {reason}")
+            print("valid submission" if not reasons else f"{len(reasons)} reason(s) to reject {args.run}")
+            return 1 if reasons else 0
+        if args.command == "add":
+            print(f"added as {add_run(args.run, data_paths(args), args.leaderboard)}")
+            return 0
+        entries = build(args.leaderboard)
+        print(f"built {args.leaderboard / 'index.html'} with {len(entries)} submission(s)")
+        return 0
+    except (ValueError, OSError, McubError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
