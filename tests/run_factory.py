@@ -37,9 +37,9 @@ def write_run(run_dir: Path, outcomes: dict[str, list[bool]], model: str = "m", 
             answer_file="a.json", question_sha256=data_hash, answer_sha256="a" * 64, data_problems=[],
             metrics=task_metrics([r["id"] for r in records], {r["id"]: r for r in records}, [], 0),
         )  # fmt: skip
-    group_summaries = {
-        name: group_metrics({task: tasks[task].metrics for task in members}, 0) for name, members in (groups or {}).items()
-    }
+    group_summaries = {}
+    for name, members in (groups or {}).items():
+        group_summaries[name] = group_metrics({task: tasks[task].metrics for task in members}, 0)
     summary = RunSummary(
         harness_version="0.1.0", git_revision=None, created="now", model={"name": model}, settings={"seed": 0},
         environment={}, tasks=tasks, skipped={}, groups=group_summaries,
