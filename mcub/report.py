@@ -58,14 +58,70 @@ def render(frame, fmt: str) -> str:
     return frame.to_latex(escape=True, na_rep="-")
 
 
+COMBINATIONS = ("audio", "image", "video", "image+audio", "image+video", "video+audio", "video+image+audio")
+COMBINATION_FAMILIES = ("avqa", "music-avqa")
+
+
+def plot_runs(run_dirs: list[Path], path: Path):
+    """A PNG: accuracy per task with 95% intervals (a bar per run), and AVQA / MUSIC-AVQA accuracy by input
+    combination (a line per run and family). Returns the matplotlib figure."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summaries = [read_summary(run_dir) for run_dir in run_dirs]
+    labels = [
+        f"{summary.model.get('name', '?')} ({run_dir.name})"
+        for summary, run_dir in zip(summaries, run_dirs, strict=True)
+    ]
+    tasks = list(dict.fromkeys(task for summary in summaries for task in summary.tasks))
+    figure, (by_task, by_combination) = plt.subplots(2, 1, figsize=(max(8.0, 0.7 * len(tasks) + 3), 9))
+    width = 0.8 / max(1, len(summaries))
+    for position, (summary, label) in enumerate(zip(summaries, labels, strict=True)):
+        metrics = [summary.tasks[task].metrics if task in summary.tasks else None for task in tasks]
+        heights = [m.accuracy if m and m.accuracy is not None else math.nan for m in metrics]
+        below = [h - m.ci_low if m and m.ci_low is not None else 0.0 for h, m in zip(heights, metrics, strict=True)]
+        above = [m.ci_high - h if m and m.ci_high is not None else 0.0 for h, m in zip(heights, metrics, strict=True)]
+        centres = [index + (position - (len(summaries) - 1) / 2) * width for index in range(len(tasks))]
+        by_task.bar(centres, heights, width, yerr=[below, above], capsize=2, label=label)
+    by_task.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right")
+    by_task.set_ylabel("accuracy (%), 95% interval")
+    by_task.legend(fontsize="small")
+    drawn = False
+    for summary, label in zip(summaries, labels, strict=True):
+        for family in COMBINATION_FAMILIES:
+            values = [summary.tasks.get(f"{family}-{combination}") for combination in COMBINATIONS]
+            if not any(values):
+                continue
+            ys = [v.metrics.accuracy if v and v.metrics.accuracy is not None else math.nan for v in values]
+            by_combination.plot(range(len(COMBINATIONS)), ys, marker="o", label=f"{label}: {family}")
+            drawn = True
+    if drawn:
+        by_combination.set_xticks(range(len(COMBINATIONS)), COMBINATIONS, rotation=20)
+        by_combination.set_ylabel("accuracy (%)")
+        by_combination.legend(fontsize="small")
+    else:
+        by_combination.text(0.5, 0.5, "no AVQA or MUSIC-AVQA tasks in these runs", ha="center", va="center")
+        by_combination.set_axis_off()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    return figure
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mcub.report", description=__doc__)
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (each holds summary.json)")
     parser.add_argument("--format", choices=["md", "csv", "html", "latex"], default="md")
     parser.add_argument("--output", type=Path, help="write the table here instead of printing it")
+    parser.add_argument("--plot", type=Path, help="also draw accuracy per task and per input combination (PNG)")
     args = parser.parse_args(argv)
     try:
         text = render(report_frame(args.runs, numeric=args.format == "csv"), args.format)
+        if args.plot:
+            plot_runs(args.runs, args.plot)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
