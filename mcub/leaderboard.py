@@ -182,13 +182,13 @@ def _markdown(entries: list[Entry], tasks: list[str], shared: list[str]) -> str:
         f"`2=` marks a rank tied with the one above (paired exact McNemar test, p >= {TIE_ALPHA}). Every figure is "
         "recomputed from the submission's per-sample records (`python -m mcub.leaderboard validate`).",
         "",
-        "| rank | model | run | score | " + " | ".join(clean(t) for t in tasks) + " |",
+        "| rank | model | run | score |" + "".join(f" {clean(task)} |" for task in tasks),
         "|---|---|---|---:|" + "---:|" * len(tasks),
     ]
     for entry in entries:
-        cells = " | ".join(_cell(entry, task)[0] for task in tasks)
+        cells = "".join(f" {_cell(entry, task)[0]} |" for task in tasks)
         run_name = clean(entry.run.run_dir.name)
-        lines.append(f"| {_rank_label(entry)} | {clean(entry.model)} | {run_name} | {entry.score:.2f} | {cells} |")
+        lines.append(f"| {_rank_label(entry)} | {clean(entry.model)} | {run_name} | {entry.score:.2f} |{cells}")
     return "\n".join(lines) + "\n"
 
 
