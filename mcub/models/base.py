@@ -130,17 +130,25 @@ def parse_model_args(pairs: list[str]) -> dict[str, Any]:
     (`lambda.image=0.5`, `encoders.audio=/models/BEATs.pt`)."""
     import yaml
 
-    parsed: dict[str, Any] = {}
+    flat: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ModelError(f"--model-arg {pair!r} is not key=value")
-        *parents, leaf = key.strip().split(".")
-        target = parsed
+        flat[key.strip()] = yaml.safe_load(value) if value else ""
+    return nest_model_args(flat)
+
+
+def nest_model_args(flat: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys (`lambda.image`) as nested mappings, with the aliases of ARGUMENT_ALIASES applied."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        target = nested
         for parent in parents:
             target = target.setdefault(ARGUMENT_ALIASES.get(parent, parent), {})
-        target[ARGUMENT_ALIASES.get(leaf, leaf) if not parents else leaf] = yaml.safe_load(value) if value else ""
-    return parsed
+        target[leaf if parents else ARGUMENT_ALIASES.get(leaf, leaf)] = value
+    return nested
 
 
 def merge_args(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
