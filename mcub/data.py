@@ -94,12 +94,15 @@ def load_task(task: TaskSpec, paths: DataPaths = DataPaths(), answer_file: Path 
         raise DataError(f"{answer_file}: answer file not found")
     question_bytes = question_file.read_bytes()
     answer_bytes = answer_file.read_bytes()
-    questions = _parse_records(question_file, question_bytes)
-    answers = _parse_records(answer_file, answer_bytes)
     problems: list[Problem] = []
-    wanted = {str(record["id"]) for record in questions}
-    gold = _gold_answers(task, answer_file, answers, wanted, problems)
-    samples = _samples(task, question_file, questions, gold, paths, problems)
+    if task.format == "pointllm":
+        samples = _pointllm_samples(task, question_file, question_bytes, paths, problems)
+    else:
+        questions = _parse_records(question_file, question_bytes)
+        answers = _parse_records(answer_file, answer_bytes)
+        wanted = {str(record["id"]) for record in questions}
+        gold = _gold_answers(task, answer_file, answers, wanted, problems)
+        samples = _samples(task, question_file, questions, gold, paths, problems)
     return TaskData(
         task=task,
         question_file=question_file,
@@ -192,6 +195,42 @@ def _leading_run(pairs: list[tuple[str, str]]) -> dict[str, str]:
 def read_records_file(path: Path) -> list[dict[str, Any]]:
     """The records of a question or answer file, as stored (ids keep their JSON type)."""
     return _parse_records(path, path.read_bytes())
+
+
+def _pointllm_samples(
+    task: TaskSpec, path: Path, raw: bytes, paths: DataPaths, problems: list[Problem]
+) -> list[Sample]:
+    """PointLLM's evaluation file: [{object_id, conversations: [human, gpt]}], the gpt turn the reference; the
+    task's own prompt is asked, about the cloud at `point_file` (relative to the data root)."""
+    try:
+        records = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}:{error.lineno}:{error.colno}: malformed JSON: {error.msg}") from None
+    if not isinstance(records, list):
+        raise DataError(f"{path}: expected a JSON array of records, found {type(records).__name__}")
+    data_root = task.data_root(paths.data_root)
+    counts = Counter(str(r.get("object_id")) for r in records if isinstance(r, dict))
+    samples = []
+    for index, record in enumerate(records):
+        object_id = str(record.get("object_id")) if isinstance(record, dict) else None
+        if not object_id or object_id == "None":
+            problems.append(Problem(str(path), f"record #{index} has no object_id"))
+            continue
+        if counts[object_id] > 1:
+            problems.append(Problem(str(path), f"object_id appears {counts[object_id]} times", (object_id,)))
+            continue
+        try:
+            answer = _last_turn(record)
+        except ValueError as error:
+            problems.append(Problem(str(path), f"unreadable answer: {error}", (object_id,)))
+            continue
+        if not isinstance(answer, str) or not answer.strip():
+            problems.append(Problem(str(path), "the reference (last turn) is empty", (object_id,)))
+            continue
+        point = resolve_media_path(task.point_file.format(object_id=object_id), data_root, paths.media_root)
+        meta = {"question_index": index}
+        samples.append(Sample(task.name, object_id, task.prompt, (("point", str(point)),), {}, answer, meta))
+    return samples
 
 
 def _parse_records(path: Path, raw: bytes) -> list[dict[str, Any]]:

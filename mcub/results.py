@@ -37,7 +37,8 @@ class Record(BaseModel):
     extraction: str | None
     unparseable: bool
     option_logliks: dict[str, float] | None
-    correct: bool
+    scores: dict[str, float] | None = None
+    correct: bool | None
     error: str | None
     media: list[dict[str, Any]]
     meta: dict[str, Any]

@@ -38,6 +38,7 @@ class RunSettings:
     strict: bool = False
     limit: int | None = None
     pin_memory: bool = False
+    embedder: str | None = None
 
 
 class Distributed:
@@ -151,6 +152,8 @@ def protocol_for(task: TaskSpec, settings: RunSettings) -> str:
         )
     if protocol == "loglik" and task.answer_type == "text":
         raise RunError(f"task {task.name} has open answers; `loglik` needs options (use paper or generate)")
+    if protocol == "open" and not task.metrics:
+        raise RunError(f"task {task.name} declares no open-answer metrics; use paper, generate or loglik")
     return protocol
 
 
@@ -311,7 +314,7 @@ def evaluate_batch(
         index = by_id.get(id(item))
         error = item.error or model_error
         prompt, (output, logliks) = (prompts[index], answers[index]) if index is not None else (None, (None, None))
-        outcome = _outcome(item.sample, data.task, protocol, output, logliks) if error is None else None
+        outcome = _outcome(item.sample, data.task, protocol, output, logliks, settings) if error is None else None
         records.append(
             _record(
                 item, data, protocol, prompt, output, logliks, outcome, error, model_s if index is not None else 0.0
@@ -331,18 +334,38 @@ def _answers(
         ]
         scores = model.loglik(prepared, continuations)
         return [(None, dict(zip(keys_, values, strict=True))) for keys_, values in zip(keys, scores, strict=True)]
-    stop = "first-character" if protocol == "paper" and task.paper_match == "first-character" else "eos"
+    stop = "first-character" if protocol == "paper" and task.paper_match == "first-character" else "eos"  # open: eos
     return [(text, None) for text in model.generate(prepared, settings.max_new_tokens, stop)]
 
 
 def _outcome(
-    sample: Sample, task: TaskSpec, protocol: str, output: str | None, logliks: dict[str, float] | None
+    sample: Sample,
+    task: TaskSpec,
+    protocol: str,
+    output: str | None,
+    logliks: dict[str, float] | None,
+    settings: RunSettings,
 ) -> Outcome:
+    if protocol == "open":
+        from mcub.open_metrics import embedder, open_scores
+
+        needs_encoder = {"sbert", "class_nearest"} & set(task.metrics)
+        encoder = embedder(settings.embedder) if needs_encoder else None
+        scores = open_scores(authors_postprocess(output or ""), sample.answer, sample.options, task.metrics, encoder)
+        correct = scores["class_named"] == 100.0 if "class_named" in scores else None
+        return Outcome(None, "open", correct, False, scores)
     if protocol == "loglik":
         return score_loglik(logliks or {}, sample.answer)
     if protocol == "paper":
         return score_paper(authors_postprocess(output or ""), sample.answer, sample.options, task.paper_match or "")
     return score_generated(output or "", sample.answer, sample.options)
+
+
+def _correct(outcome: Outcome | None, task: TaskSpec, protocol: str) -> bool | None:
+    """Right or wrong; None for open answers without a class (their scores stand instead, 0 on error)."""
+    if protocol == "open" and "class_named" not in task.metrics:
+        return None
+    return bool(outcome and outcome.correct)
 
 
 def _record(
@@ -374,7 +397,8 @@ def _record(
         "extraction": outcome.method if outcome else None,
         "unparseable": outcome.unparseable if outcome else False,
         "option_logliks": logliks,
-        "correct": bool(outcome and outcome.correct),
+        "scores": outcome.scores if outcome else None,
+        "correct": _correct(outcome, data.task, protocol),
         "error": error,
         "media": item.provenance,
         "meta": meta,

@@ -22,8 +22,9 @@ class Outcome:
 
     extracted: str | None
     method: str
-    correct: bool
+    correct: bool | None
     unparseable: bool
+    scores: dict[str, float] | None = None
 
 
 # --- the authors' reading of an output -------------------------------------------------------------------
@@ -213,13 +214,24 @@ class Accuracy(BaseModel):
     ci_high: float | None
 
 
+class MeanScore(BaseModel):
+    """The mean of a per-item score (percent) over `n` items, with a 95% bootstrap interval."""
+
+    n: int
+    mean: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+
 class TaskMetrics(Accuracy):
-    """A task's accuracy over all its gold items, and what kept items from being answered."""
+    """A task's accuracy over all its gold items (None for open answers with no right or wrong), its open-answer
+    scores, and what kept items from being answered."""
 
     unparseable: int
     missing: int
     errors: int
     breakdown: dict[str, dict[str, Accuracy]] = {}
+    scores: dict[str, MeanScore] = {}
 
 
 class GroupMetrics(BaseModel):
@@ -264,6 +276,7 @@ def task_metrics(
     gold_ids = list(gold_ids)
     present = [records[sample_id] for sample_id in gold_ids if sample_id in records]
     correct = sum(1 for record in present if record["correct"])
+    judged = not present or any(record["correct"] is not None for record in present)
     cells: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     for sample_id in gold_ids:
         record = records.get(sample_id)
@@ -274,8 +287,15 @@ def task_metrics(
                 cell[0] += 1
                 cell[1] += int(bool(record["correct"]))
     overall = accuracy(len(gold_ids), correct, seed)
+    if not judged:
+        overall = Accuracy(n=len(gold_ids), correct=0, accuracy=None, ci_low=None, ci_high=None)
+    names = list(dict.fromkeys(name for record in present for name in (record.get("scores") or {})))
     return TaskMetrics(
         **overall.model_dump(),
+        scores={
+            name: mean_score([(records.get(i) or {}).get("scores", {}).get(name, 0.0) or 0.0 for i in gold_ids], seed)
+            for name in names
+        },
         unparseable=sum(1 for record in present if record.get("unparseable") and not record.get("error")),
         missing=len(gold_ids) - len(present),
         errors=sum(1 for record in present if record.get("error")),
@@ -283,6 +303,21 @@ def task_metrics(
             field: {label: accuracy(n, hits, seed) for label, (n, hits) in sorted(values.items())}
             for field, values in cells.items()
         },
+    )
+
+
+def mean_score(values: list[float], seed: int) -> MeanScore:
+    """Mean and 95% percentile bootstrap interval of per-item scores (missing items count as 0)."""
+    import numpy as np
+
+    if not values:
+        return MeanScore(n=0, mean=None, ci_low=None, ci_high=None)
+    array = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = array[rng.integers(0, len(array), size=(BOOTSTRAP_RESAMPLES, len(array)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return MeanScore(
+        n=len(array), mean=round(float(array.mean()), 4), ci_low=round(float(low), 4), ci_high=round(float(high), 4)
     )
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mcub.errors import TaskError
 from mcub.modalities import Modality
@@ -17,7 +17,8 @@ TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
 BUNDLED_DATA_ROOT = Path(__file__).resolve().parent / "sample_data" / "data"
 
 AnswerType = Literal["letter", "text", "class"]
-Protocol = Literal["paper", "generate", "loglik"]
+Protocol = Literal["paper", "generate", "loglik", "open"]
+FileFormat = Literal["reference", "pointllm"]
 PaperMatch = Literal["first-character", "evalai-exact"]
 
 
@@ -40,6 +41,28 @@ class TaskSpec(BaseModel):
     paper_match: PaperMatch | None = None
     breakdown: tuple[str, ...] = ()
     options: dict[str, str] | None = None
+    format: FileFormat = "reference"
+    prompt: str | None = None
+    point_file: str | None = None
+    metrics: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskSpec:
+        if self.format == "pointllm" and not (self.prompt and self.point_file):
+            raise ValueError("a pointllm-format task needs `prompt` and `point_file`")
+        if self.protocol == "open" and not self.metrics:
+            raise ValueError("the open protocol needs `metrics`")
+        return self
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from mcub.open_metrics import OPEN_METRICS
+
+        unknown = [metric for metric in value if metric not in OPEN_METRICS]
+        if unknown:
+            raise ValueError(f"unknown metrics {unknown}; known: {list(OPEN_METRICS)}")
+        return value
 
     @field_validator("modalities")
     @classmethod

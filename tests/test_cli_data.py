@@ -53,7 +53,7 @@ def test_list_tasks_lists_everything_without_importing_torch():
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("21 tasks")
+    assert lines[0].startswith("24 tasks")
     assert any(line.split()[:2] == ["mcub-sample", "image+video+audio+point"] and "5 items" in line for line in lines)
     assert "4 groups:" in lines
     assert any(line.split()[:3] == ["mcub", "5", "tasks:"] for line in lines)

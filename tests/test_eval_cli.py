@@ -112,7 +112,7 @@ def test_a_model_without_a_modality_skips_or_refuses(tmp_path, capsys, monkeypat
     summary = read_summary(tmp_path / "results" / "random" / "all")
     assert summary.skipped["mcub-sample"] == "model random lacks image, point, video"
     assert "downloads are off" in summary.skipped["avqa-audio"]
-    assert len(summary.skipped) == 21 and summary.tasks == {}
+    assert len(summary.skipped) == 24 and summary.tasks == {}
 
 
 def test_the_dataset_decodes_media_for_models_that_read_it():

@@ -70,7 +70,7 @@ def test_configs_cover_every_task_and_group_whose_data_is_present(tmp_path):
     write_json(data_root / "test/avqa-test_mm_answer.json", [answer(1, "B")])
     out = tmp_path / "configs"
     notes = write_configs(out, list(load_registry().tasks.values()), DataPaths(data_root=data_root, download=False))
-    assert len(notes) == 13 and all("left out" in note for note in notes)
+    assert len(notes) == 16 and all("left out" in note for note in notes)
     names = {p.stem for p in out.glob("*.yaml")}
     assert {"mcub-sample", "avqa-audio", "avqa-audio-paper", "group-avqa"} <= names and "group-mcub" not in names
     group = yaml.safe_load((out / "group-avqa.yaml").read_text())

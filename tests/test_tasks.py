@@ -17,11 +17,14 @@ def test_registry_knows_every_task_of_the_paper():
         "mcub-3-image-audio-pointcloud",
         "mcub-3-image-video-pointcloud",
         "modelnet40",
+        "modelnet40-open",
+        "objaverse-cap",
+        "objaverse-cls",
         "mcub-sample",
         *(f"avqa-{combo}" for combo in COMBOS),
         *(f"music-avqa-{combo}" for combo in COMBOS),
     }
-    assert set(registry.tasks) == expected and len(expected) == 21
+    assert set(registry.tasks) == expected and len(expected) == 24
     assert set(registry.groups) == {"mcub", "mcub-3", "avqa", "music-avqa"}
     assert [t.name for t in registry.resolve(["mcub"])][0] == "mcub-4"
     assert len(registry.resolve(["mcub", "mcub-3", "mcub-4"])) == 5
