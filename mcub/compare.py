@@ -29,6 +29,7 @@ class Comparison:
     groups: dict[str, PairedDifference]
     only_in_base: list[str] = field(default_factory=list)
     only_in_new: list[str] = field(default_factory=list)
+    without_accuracy: list[str] = field(default_factory=list)
 
     @property
     def regressed(self) -> bool:
@@ -37,7 +38,11 @@ class Comparison:
 
 def compare_runs(base: RunFiles, new: RunFiles, alpha: float, max_drop: float, seed: int) -> Comparison:
     """Compare on the tasks both runs have; refuse tasks whose protocol or data differ between the runs."""
-    shared = [task for task in base.summary.tasks if task in new.summary.tasks]
+    both = [task for task in base.summary.tasks if task in new.summary.tasks]
+    unjudged = [
+        t for t in both if None in (base.summary.tasks[t].metrics.accuracy, new.summary.tasks[t].metrics.accuracy)
+    ]
+    shared = [task for task in both if task not in unjudged]
     if not shared:
         raise ValueError(f"{base.run_dir} and {new.run_dir} share no task")
     conflicts = []
@@ -79,6 +84,7 @@ def compare_runs(base: RunFiles, new: RunFiles, alpha: float, max_drop: float, s
         groups,
         [task for task in base.summary.tasks if task not in new.summary.tasks],
         [task for task in new.summary.tasks if task not in base.summary.tasks],
+        unjudged,
     )
 
 

@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch-size", type=_batch_size, default=1, help="samples per batch, or `auto`: the largest that fits"
     )
+    parser.add_argument("--judge-config", type=Path, help="YAML of the LLM judge (JudgeConfig fields) for open tasks")
+    parser.add_argument("--judge-model", help="the judge's model name (OpenAI-compatible endpoint)")
+    parser.add_argument("--judge-url", help="the judge endpoint's base URL, e.g. http://127.0.0.1:8000/v1")
+    parser.add_argument("--judge-api-key-file", help="a file holding the judge's API key (none for local servers)")
+    parser.add_argument("--judge-cache", help="directory caching judgements by (judge model, prompt hash)")
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding media")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
@@ -50,6 +55,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--list-tasks", action="store_true", help="list every task and group, then exit")
     parser.add_argument("--list-models", action="store_true", help="list every model id, then exit")
     return parser
+
+
+def _judge_config(args: argparse.Namespace):
+    """The judge of --judge-config, with the --judge-* flags on top; None when no judge is configured."""
+    from mcub.judge import JudgeConfig
+
+    values = {}
+    if args.judge_config:
+        import yaml
+
+        values = yaml.safe_load(args.judge_config.read_text(encoding="utf-8")) or {}
+    flags = {"model": args.judge_model, "base_url": args.judge_url, "api_key_file": args.judge_api_key_file,
+             "cache_dir": args.judge_cache}  # fmt: skip
+    values |= {key: value for key, value in flags.items() if value is not None}
+    if not values:
+        return None
+    if not values.get("model") or not values.get("base_url"):
+        raise McubError("a judge needs a model and a base URL (--judge-model, --judge-url or --judge-config)")
+    try:
+        return JudgeConfig(**values)
+    except TypeError as error:
+        raise McubError(f"invalid judge configuration: {error}") from None
 
 
 def _batch_size(text: str) -> int | None:
@@ -153,6 +180,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         args.limit,
         pin_memory=device.startswith("cuda"),
         embedder=args.embedder,
+        judge=_judge_config(args),
     )
     dist = Distributed.from_environment(device)
     if dist.world_size > 1 and device == "cuda":

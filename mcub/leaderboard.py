@@ -82,6 +82,14 @@ def _record_holds(record: dict, sample, spec) -> bool:
         return False
     if record.get("error"):
         return record.get("correct") is False
+    if record["protocol"] == "open":
+        from mcub.open_metrics import embedder, open_scores
+
+        encoder = embedder() if {"sbert", "class_nearest"} & set(spec.metrics) else None
+        answer = authors_postprocess(record.get("output") or "")
+        scores = open_scores(answer, sample.answer, sample.options, spec.metrics, encoder)
+        stored = record.get("scores") or {}
+        return all(abs(stored.get(name, -1.0) - value) <= 1e-3 for name, value in scores.items())
     if record["protocol"] == "loglik":
         outcome = score_loglik(record.get("option_logliks") or {"": 0.0}, sample.answer)
     elif record["protocol"] == "paper":

@@ -38,6 +38,7 @@ class Record(BaseModel):
     unparseable: bool
     option_logliks: dict[str, float] | None
     scores: dict[str, float] | None = None
+    judgement: dict[str, Any] | None = None
     correct: bool | None
     error: str | None
     media: list[dict[str, Any]]

@@ -14,6 +14,7 @@ from typing import Any
 
 from mcub.data import Sample, TaskData
 from mcub.errors import McubError, MediaError
+from mcub.judge import JudgeConfig
 from mcub.media import MediaInput, check_file, load_media
 from mcub.models.base import Model, PreparedBatch
 from mcub.results import RecordLog, read_records, write_records
@@ -39,6 +40,7 @@ class RunSettings:
     limit: int | None = None
     pin_memory: bool = False
     embedder: str | None = None
+    judge: JudgeConfig | None = None
 
 
 class Distributed:
@@ -351,9 +353,19 @@ def _outcome(
 
         needs_encoder = {"sbert", "class_nearest"} & set(task.metrics)
         encoder = embedder(settings.embedder) if needs_encoder else None
-        scores = open_scores(authors_postprocess(output or ""), sample.answer, sample.options, task.metrics, encoder)
+        answer = authors_postprocess(output or "")
+        scores = open_scores(answer, sample.answer, sample.options, task.metrics, encoder)
         correct = scores["class_named"] == 100.0 if "class_named" in scores else None
-        return Outcome(None, "open", correct, False, scores)
+        judgement = None
+        if settings.judge is not None and task.judgement is not None:
+            from mcub.judge import Judge
+
+            closed = task.judgement == "close-set"
+            reference = sample.answer if closed else sample.options.get(sample.answer, sample.answer)
+            verdict = Judge(settings.judge).judge(task.judgement, answer, reference, sample.options or None)
+            judgement = verdict.record()
+            scores["judge"] = verdict.verdict if verdict.verdict is not None else 0.0
+        return Outcome(None, "open", correct, False, scores, judgement)
     if protocol == "loglik":
         return score_loglik(logliks or {}, sample.answer)
     if protocol == "paper":
@@ -398,6 +410,7 @@ def _record(
         "unparseable": outcome.unparseable if outcome else False,
         "option_logliks": logliks,
         "scores": outcome.scores if outcome else None,
+        "judgement": outcome.judgement if outcome else None,
         "correct": _correct(outcome, data.task, protocol),
         "error": error,
         "media": item.provenance,

@@ -25,6 +25,7 @@ class Outcome:
     correct: bool | None
     unparseable: bool
     scores: dict[str, float] | None = None
+    judgement: dict[str, Any] | None = None
 
 
 # --- the authors' reading of an output -------------------------------------------------------------------
@@ -232,6 +233,7 @@ class TaskMetrics(Accuracy):
     errors: int
     breakdown: dict[str, dict[str, Accuracy]] = {}
     scores: dict[str, MeanScore] = {}
+    failed_judgements: int = 0
 
 
 class GroupMetrics(BaseModel):
@@ -297,6 +299,7 @@ def task_metrics(
             for name in names
         },
         unparseable=sum(1 for record in present if record.get("unparseable") and not record.get("error")),
+        failed_judgements=sum(1 for record in present if (record.get("judgement") or {}).get("error")),
         missing=len(gold_ids) - len(present),
         errors=sum(1 for record in present if record.get("error")),
         breakdown={

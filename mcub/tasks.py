@@ -45,6 +45,7 @@ class TaskSpec(BaseModel):
     prompt: str | None = None
     point_file: str | None = None
     metrics: tuple[str, ...] = ()
+    judgement: Literal["classification", "caption", "close-set"] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskSpec:
