@@ -77,7 +77,8 @@ class RunSummary(BaseModel):
 
 
 class RecordLog:
-    """An append-only JSONL file of records, flushed and synced after every write."""
+    """An append-only JSONL file of records, flushed after every batch (a killed process loses nothing it wrote)
+    and synced to disk when closed (a batch's fsync can cost more than the batch on some file systems)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -88,9 +89,10 @@ class RecordLog:
         for record in records:
             self._handle.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
         self._handle.flush()
-        os.fsync(self._handle.fileno())
 
     def close(self) -> None:
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
         self._handle.close()
 
 
