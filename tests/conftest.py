@@ -38,6 +38,24 @@ def write_json(path: Path, records: Any) -> Path:
     return path
 
 
+def write_objaverse(data_root: Path, ids: list[str], reference: str = "A small model of object {object_id}.") -> None:
+    """PointLLM's Objaverse evaluation layout: the ground-truth file and one 1024-point cloud per object."""
+    import numpy as np
+
+    clouds = data_root / "objaverse_data"
+    clouds.mkdir(parents=True, exist_ok=True)
+    records = []
+    for index, object_id in enumerate(ids):
+        cloud = np.random.default_rng(index).random((1024, 6), dtype=np.float32)
+        np.save(clouds / f"{object_id}_8192.npy", cloud)
+        turns = [
+            {"from": "human", "value": "<point>\nWhat is this?"},
+            {"from": "gpt", "value": reference.format(object_id=object_id)},
+        ]
+        records.append({"object_id": object_id, "conversations": turns})
+    write_json(data_root / "anno_data" / "PointLLM_brief_description_val_200_GT.json", records)
+
+
 @pytest.fixture
 def data_root(tmp_path: Path) -> Path:
     """An empty `data/` folder in the authors' layout (questions under data/test)."""

@@ -4,9 +4,8 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import numpy as np
 import pytest
-from conftest import write_json
+from conftest import write_objaverse
 
 from mcub.eval import main as eval_main
 from mcub.judge import Judge, JudgeConfig, parse_verdict
@@ -132,14 +131,7 @@ def test_an_evaluation_stores_every_judgement(tmp_path):
     stub = StubJudge(default_reply="T#looks like the same object")
     try:
         data_root = tmp_path / "data"
-        clouds = data_root / "objaverse_data"
-        clouds.mkdir(parents=True)
-        records = []
-        for index, object_id in enumerate(("a1", "b2")):
-            np.save(clouds / f"{object_id}_8192.npy", np.random.default_rng(index).random((1024, 6), dtype=np.float32))
-            turns = [{"from": "human", "value": "<point>\nWhat is this?"}, {"from": "gpt", "value": "a chair"}]
-            records.append({"object_id": object_id, "conversations": turns})
-        write_json(data_root / "anno_data" / "PointLLM_brief_description_val_200_GT.json", records)
+        write_objaverse(data_root, ["a1", "b2"], "a chair")
         args = ["--model", "tiny-damc", "--model-arg", f"cache_dir={tmp_path / 'tiny'}", "--tasks", "objaverse-cls"]
         args += [
             "--data-root",

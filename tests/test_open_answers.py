@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import write_json
+from conftest import write_json, write_objaverse
 
 from mcub.data import DataPaths, load_task
 from mcub.eval import main as eval_main
@@ -42,21 +42,8 @@ def test_sentence_bert_similarity_and_classes():
     assert scores == {"class_named": 0.0, "class_nearest": 0.0}
 
 
-def _objaverse(data_root, ids):
-    clouds = data_root / "objaverse_data"
-    clouds.mkdir(parents=True)
-    for index, object_id in enumerate(ids):
-        np.save(clouds / f"{object_id}_8192.npy", np.random.default_rng(index).random((1024, 6), dtype=np.float32))
-    records = [
-        {"object_id": object_id, "conversations": [{"from": "human", "value": "<point>\nWhat is this?"},
-                                                  {"from": "gpt", "value": f"A small model of object {object_id}."}]}
-        for object_id in ids
-    ]  # fmt: skip
-    write_json(data_root / "anno_data" / "PointLLM_brief_description_val_200_GT.json", records)
-
-
 def test_pointllm_format_is_read_with_the_tasks_prompt(data_root):
-    _objaverse(data_root, ["abc123", "def456"])
+    write_objaverse(data_root, ["abc123", "def456"])
     data = load_task(TASKS["objaverse-cap"], DataPaths(data_root=data_root, download=False))
     assert data.problems == []
     first = data.samples[0]
@@ -87,7 +74,7 @@ def test_pointllm_format_problems(data_root):
 
 
 def test_tiny_damc_on_objaverse_captioning_end_to_end(data_root, tmp_path):
-    _objaverse(data_root, ["abc123", "def456", "ghi789"])
+    write_objaverse(data_root, ["abc123", "def456", "ghi789"])
     cache = tmp_path / "cache"
     args = ["--model", "tiny-damc", "--model-arg", f"cache_dir={cache}", "--tasks", "objaverse-cap", "--no-progress"]
     args += [
