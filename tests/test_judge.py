@@ -154,3 +154,21 @@ def test_an_evaluation_stores_every_judgement(tmp_path):
     metrics = summary["tasks"]["objaverse-cls"]["metrics"]
     assert metrics["scores"]["judge"]["mean"] == 100.0 and metrics["failed_judgements"] == 0
     assert summary["settings"]["judge"]["model"] == "judge-7b" and summary["settings"]["judge"]["temperature"] == 0.0
+
+
+def test_judge_configuration_from_yaml_and_flags(tmp_path):
+    from mcub.eval import _judge_config, build_parser
+
+    config = tmp_path / "judge.yaml"
+    config.write_text("model: judge-7b\nbase_url: http://127.0.0.1:8000/v1\nretries: 5\n")
+    args = build_parser().parse_args(["--judge-config", str(config), "--judge-model", "judge-8b"])
+    judge = _judge_config(args)
+    assert (judge.model, judge.base_url, judge.retries, judge.temperature) == (
+        "judge-8b",
+        "http://127.0.0.1:8000/v1",
+        5,
+        0.0,
+    )
+    assert _judge_config(build_parser().parse_args([])) is None
+    with pytest.raises(Exception, match="needs a model and a base URL"):
+        _judge_config(build_parser().parse_args(["--judge-model", "m"]))
