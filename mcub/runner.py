@@ -173,7 +173,11 @@ def run_task(
     if dist.is_main:
         notes = consolidate_records(records_dir, task.name)
     dist.barrier()
-    done, _ = read_records(main_file, repair=False)
+    recorded, _ = read_records(main_file, repair=False)
+    current = (data.question_sha256, data.answer_sha256)
+    done = {i for i, r in recorded.items() if (r.get("question_sha256"), r.get("answer_sha256")) == current}
+    if len(done) < len(recorded) and dist.is_main:
+        notes.append(f"{main_file}: {len(recorded) - len(done)} record(s) made on other task data are redone")
     pending = [sample for sample in samples if sample.id not in done]
     batch_size = settings.batch_size or find_batch_size(model, pending, data, protocol, settings)
     batches = length_sorted_batches(pending, batch_size)

@@ -161,3 +161,20 @@ def test_auto_batch_size_takes_the_largest_that_fits(tmp_path, monkeypatch, caps
     assert sizes == [4, 2]  # 5 samples: the probe starts at the largest candidate size below 5
     assert _run(tmp_path, "--tasks", "mcub-sample", "--batch-size", "auto", "--run-name", "a") == 0
     assert len(_records(tmp_path / "results" / "random" / "a")) == 5
+
+
+def test_resume_redoes_records_made_on_other_task_data(tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(BUNDLED_DATA_ROOT, data)
+    common = ["--tasks", "mcub-sample", "--data-root", str(data), "--no-download"]
+    assert _run(tmp_path, *common, "--run-name", "d") == 0
+    answers = data / "test" / "mcub-sample-answer.json"
+    answers.write_text(answers.read_text().replace('"value": "D"', '"value": "C"'))
+    capsys.readouterr()
+    assert _run(tmp_path, *common, "--resume") == 0
+    assert "5 record(s) made on other task data are redone" in capsys.readouterr().err
+    records = _records(tmp_path / "results" / "random" / "d")
+    assert len(records) == 5 and records[3]["gold"] == "C"
+    assert len({r["answer_sha256"] for r in records}) == 1
