@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder-batch-sizes", default="8,32", help="empty: do not time the encoders")
     parser.add_argument("--end-to-end", type=int, default=64, help="samples of the end-to-end run (0: none)")
     parser.add_argument("--end-to-end-batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=8, help="decoding workers of the end-to-end run")
+    parser.add_argument("--workers", type=int, default=4, help="decoding workers of the end-to-end run")
     parser.add_argument("--json", type=Path, default=Path("bench.json"))
     args = parser.parse_args(argv)
     sizes = sorted(
