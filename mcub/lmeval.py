@@ -2,9 +2,9 @@
 by batch) and lm-eval task configs generated from `tasks/*.yaml`, scored by mcub's own scoring functions.
 
 `python -m mcub.lmeval configs OUT_DIR [--tasks ...]` writes the configs (use them with `--include_path OUT_DIR`);
-`mcub-lm-eval --model mcub --model_args model=tiny-damc --tasks mcub-sample --include_path OUT_DIR` (or
-`python -m mcub.lmeval run ...`) is lm-eval's own command line with the `mcub` model registered: lm-eval 0.4
-finds third-party models only once their module is imported, so its bare `lm_eval` command cannot see `mcub`."""
+`lm_eval --model mcub --model_args model=tiny-damc --tasks mcub-sample --include_path OUT_DIR` then runs any mcub
+model: installing mcub puts a hook into site-packages that registers `mcub` when lm-eval loads its registry
+(mcub/_lm_eval_hook.py). `mcub-lm-eval` and `python -m mcub.lmeval run` are the same command line."""
 
 from __future__ import annotations
 
@@ -139,7 +139,8 @@ class McubLM(LM):
         raise NotImplementedError("mcub models score answers after a prompt, not whole texts")
 
 
-# Registered by name (not by decorator) so that running this module as __main__ and importing it agree.
+# Registered by name (not by decorator) so that running this module as __main__, importing it, and the
+# site-packages hook (mcub/_lm_eval_hook.py) all register the same target.
 model_registry.register("mcub", target="mcub.lmeval:McubLM")
 
 

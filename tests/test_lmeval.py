@@ -75,3 +75,25 @@ def test_configs_cover_every_task_and_group_whose_data_is_present(tmp_path):
     assert {"mcub-sample", "avqa-audio", "avqa-audio-paper", "group-avqa"} <= names and "group-mcub" not in names
     group = yaml.safe_load((out / "group-avqa.yaml").read_text())
     assert group["group"] == "avqa" and group["task"] == [f"avqa-{combo}" for combo in combos]
+
+
+def test_the_bare_lm_eval_command_finds_the_mcub_model(cache, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    configs = tmp_path / "configs"
+    assert lmeval_main(["configs", str(configs), "--tasks", "mcub-sample", "--no-download"]) == 0
+    command = [str(Path(sys.executable).parent / "lm_eval"), "--model", "mcub", "--device", "cpu"]
+    command += [
+        "--model_args",
+        f"model=tiny-damc,cache_dir={cache}",
+        "--tasks",
+        "mcub-sample",
+        "--include_path",
+        str(configs),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = next(line for line in result.stdout.splitlines() if line.startswith("|mcub-sample"))
+    assert "|acc   |" in row
