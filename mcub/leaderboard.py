@@ -50,6 +50,11 @@ def validate_run(run_dir: Path, paths: DataPaths) -> list[str]:
         if (summary.question_sha256, summary.answer_sha256) != (data.question_sha256, data.answer_sha256):
             reasons.append(f"{name}: the run's task data hashes differ from those of the task files")
         records = run.records[name]
+        malformed = [i for i, record in records.items() if not _follows_schema(record)]
+        if malformed:
+            reasons.append(
+                f"{name}: {len(malformed)} record(s) do not follow the record schema: {', '.join(malformed[:10])}"
+            )
         gold = {sample.id: sample for sample in data.samples}
         missing = [sample_id for sample_id in gold if sample_id not in records]
         if missing:
@@ -74,6 +79,18 @@ def validate_run(run_dir: Path, paths: DataPaths) -> list[str]:
             if group_metrics({task: recomputed[task] for task in group.tasks}, seed) != group:
                 reasons.append(f"group {name}: the summary's metrics differ from those recomputed from the records")
     return reasons
+
+
+def _follows_schema(record: dict) -> bool:
+    from pydantic import ValidationError
+
+    from mcub.results import Record
+
+    try:
+        Record.model_validate(record)
+    except ValidationError:
+        return False
+    return True
 
 
 def _record_holds(record: dict, sample, spec) -> bool:

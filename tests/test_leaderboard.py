@@ -41,11 +41,13 @@ def test_a_removed_or_altered_record_is_rejected_with_every_reason(tmp_path):
     path = run / "records" / "mcub-sample.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()]
     records[1]["correct"] = not records[1]["correct"]
+    records[2]["surprise"] = "extra field"
     path.write_text("".join(json.dumps(r) + "\n" for r in records[1:]))
     reasons = validate_run(run, DataPaths())
     assert any("1 gold id(s) without a record: mcub-sample-0" in reason for reason in reasons)
     assert any("does not follow from their output: mcub-sample-1" in reason for reason in reasons)
     assert any("metrics differ" in reason for reason in reasons)
+    assert any("1 record(s) do not follow the record schema: mcub-sample-2" in reason for reason in reasons)
 
 
 def test_a_limited_run_or_a_non_run_is_rejected(tmp_path):
