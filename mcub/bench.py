@@ -172,6 +172,7 @@ def build_encoders(shape_name: str, device: str, dtype) -> dict[str, tuple[Any, 
     import torch
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
+    from mcub.models.modelcompose import tiny
     from mcub.models.modelcompose.encoders.beats import BEATs, BEATsConfig
     from mcub.models.modelcompose.encoders.clip import ClipImageTower
     from mcub.models.modelcompose.encoders.languagebind_video import LanguageBindVideoConfig, LanguageBindVideoTower
@@ -181,21 +182,20 @@ def build_encoders(shape_name: str, device: str, dtype) -> dict[str, tuple[Any, 
     vit = (
         {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16}
         if full
-        else {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+        else tiny.VIT_ENCODER
     )
     frames = 8
     points = 8192 if full else 1024
     with torch.device(device):
-        clip = ClipImageTower(CLIPVisionModel(CLIPVisionConfig(**vit, image_size=336, patch_size=14 if full else 48)))
+        clip = ClipImageTower(
+            CLIPVisionModel(CLIPVisionConfig(**vit, image_size=336, patch_size=14 if full else tiny.CLIP_PATCH))
+        )
         video = LanguageBindVideoTower(
-            LanguageBindVideoConfig(**vit, image_size=224, patch_size=14 if full else 56, add_time_attn=True,
-                                    num_frames=frames)
+            LanguageBindVideoConfig(**vit, image_size=224, patch_size=14 if full else tiny.VIDEO_PATCH,
+                                    add_time_attn=True, num_frames=frames)
         )  # fmt: skip
-        tiny_beats = {"embed_dim": 32, "encoder_layers": 1, "encoder_embed_dim": 32, "encoder_ffn_embed_dim": 64}
-        tiny_beats |= {"encoder_attention_heads": 2, "conv_pos": 16, "conv_pos_groups": 4}
-        beats = BEATs(BEATsConfig() if full else BEATsConfig(**tiny_beats))
-        tiny_point = {"trans_dim": 32, "depth": 1, "num_heads": 2, "group_size": 8, "num_group": 32, "encoder_dims": 32}
-        point = PointBERT(PointBERTConfig() if full else PointBERTConfig(**tiny_point))
+        beats = BEATs(BEATsConfig() if full else BEATsConfig(**tiny.BEATS_ENCODER))
+        point = PointBERT(PointBERTConfig() if full else PointBERTConfig(**tiny.POINT_ENCODER))
 
     def inputs(*shape):
         return lambda batch: torch.randn(batch, *shape, device=device, dtype=dtype)

@@ -22,6 +22,17 @@ DEFAULT_CACHE = Path.home() / ".cache" / "mcub" / f"tiny-damc-v{TINY_VERSION}"
 HIDDEN, INTERMEDIATE, LAYERS, HEADS = 64, 128, 2, 4
 LORA_R, LORA_ALPHA, LOCAL_TOKENS = 4, 8, 5
 ENCODER_WIDTH = 32
+VIT_ENCODER = {"hidden_size": ENCODER_WIDTH, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+CLIP_PATCH, VIDEO_PATCH = 48, 56
+BEATS_ENCODER = {
+    "embed_dim": ENCODER_WIDTH,
+    "encoder_layers": 1,
+    "encoder_embed_dim": ENCODER_WIDTH,
+    "encoder_ffn_embed_dim": 64,
+    "encoder_attention_heads": 2,
+    "conv_pos": 16,
+    "conv_pos_groups": 4,
+}
 POINT_ENCODER = {"trans_dim": 32, "depth": 1, "num_heads": 2, "group_size": 8, "num_group": 32, "encoder_dims": 32}
 PROJECTOR_KIND: dict[Modality, str] = {
     "image": "mlp2x_gelu",
@@ -146,25 +157,20 @@ def write_tiny_encoders(root: Path) -> None:
     from mcub.models.modelcompose.encoders.languagebind_video import LanguageBindVideoConfig, LanguageBindVideoTower
     from mcub.models.modelcompose.encoders.pointbert import PointBERT, PointBERTConfig
 
-    small = {"hidden_size": ENCODER_WIDTH, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
     torch.manual_seed(10)
-    CLIPVisionModel(CLIPVisionConfig(**small, image_size=336, patch_size=48)).save_pretrained(root / "clip")
+    CLIPVisionModel(CLIPVisionConfig(**VIT_ENCODER, image_size=336, patch_size=CLIP_PATCH)).save_pretrained(
+        root / "clip"
+    )
     torch.manual_seed(11)
-    video = LanguageBindVideoConfig(**small, image_size=224, patch_size=56, add_time_attn=True, num_frames=8)
+    video = LanguageBindVideoConfig(
+        **VIT_ENCODER, image_size=224, patch_size=VIDEO_PATCH, add_time_attn=True, num_frames=8
+    )
     (root / "languagebind").mkdir(parents=True, exist_ok=True)
     (root / "languagebind" / "config.json").write_text(json.dumps({"vision_config": asdict(video)}, indent=2))
     state = {f"vision_model.{k}": v.contiguous() for k, v in LanguageBindVideoTower(video).state_dict().items()}
     save_file(state, str(root / "languagebind" / "model.safetensors"))
     torch.manual_seed(12)
-    beats = BEATsConfig(
-        embed_dim=ENCODER_WIDTH,
-        encoder_layers=1,
-        encoder_embed_dim=ENCODER_WIDTH,
-        encoder_ffn_embed_dim=64,
-        encoder_attention_heads=2,
-        conv_pos=16,
-        conv_pos_groups=4,
-    )
+    beats = BEATsConfig(**BEATS_ENCODER)
     torch.save({"cfg": {**asdict(beats), **FIXED_CFG}, "model": BEATs(beats).state_dict()}, root / "beats.pt")
     torch.manual_seed(13)
     torch.save(PointBERT(PointBERTConfig(**POINT_ENCODER)).state_dict(), root / "pointbert.pt")
