@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mcub.errors import MediaError
+from mcub.hashing import file_sha256
 from mcub.modalities import Modality
 
 _MODULES: dict[Modality, str] = {
@@ -43,17 +44,6 @@ def load_media(modality: Modality, path: str, preprocessing: str | None = None) 
     return MediaInput(
         modality, path, tensors, {"path": path, "sha256": file_sha256(path), "preprocessing": name, **provenance}
     )
-
-
-def file_sha256(path: str) -> str:
-    """The SHA-256 of a file's bytes (media content identity, for records and the feature cache)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_file(path: str) -> None:

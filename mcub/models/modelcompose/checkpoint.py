@@ -6,7 +6,6 @@ writes) are kept aside and reported, and anything else is an error that lists th
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Any
 from torch import Tensor
 
 from mcub.errors import CheckpointError
+from mcub.hashing import file_sha256
 from mcub.modalities import REFERENCE_KEYS, Modality
 from mcub.models.modelcompose.lora import TARGET_MODULES, LoraWeights
 from mcub.models.modelcompose.weights import read_json_object, read_state_dict
@@ -105,7 +105,7 @@ def read_checkpoint(directory: Path | str) -> Checkpoint:
     if unknown:
         raise CheckpointError(f"{weights_file}: {len(unknown)} key(s) map onto nothing: {', '.join(sorted(unknown))}")
     checkpoint = Checkpoint(
-        directory, weights_file, _sha256(weights_file), config, modalities, lora, projectors, prefix, suffix, unused
+        directory, weights_file, file_sha256(weights_file), config, modalities, lora, projectors, prefix, suffix, unused
     )
     _check_lora(checkpoint)
     return checkpoint
@@ -171,11 +171,3 @@ def _check_lora(checkpoint: Checkpoint) -> None:
         raise CheckpointError(
             f"{checkpoint.weights_file}: inconsistent LoRA ({len(problems)} problem(s)):\n  {listing}"
         )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

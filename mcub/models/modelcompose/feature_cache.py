@@ -8,6 +8,7 @@ from pathlib import Path
 
 from torch import Tensor
 
+from mcub.hashing import update_with_file
 from mcub.media import MediaInput
 
 
@@ -17,9 +18,7 @@ def weights_fingerprint(path: Path, *extra: object) -> str:
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for file in files:
         digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-        with file.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        update_with_file(digest, file)
     digest.update(repr(extra).encode())
     return digest.hexdigest()
 
