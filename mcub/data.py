@@ -202,12 +202,7 @@ def _pointllm_samples(
 ) -> list[Sample]:
     """PointLLM's evaluation file: [{object_id, conversations: [human, gpt]}], the gpt turn the reference; the
     task's own prompt is asked, about the cloud at `point_file` (relative to the data root)."""
-    try:
-        records = json.loads(raw)
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}:{error.lineno}:{error.colno}: malformed JSON: {error.msg}") from None
-    if not isinstance(records, list):
-        raise DataError(f"{path}: expected a JSON array of records, found {type(records).__name__}")
+    records = _json_array(path, raw)
     data_root = task.data_root(paths.data_root)
     counts = Counter(str(r.get("object_id")) for r in records if isinstance(r, dict))
     samples = []
@@ -233,7 +228,8 @@ def _pointllm_samples(
     return samples
 
 
-def _parse_records(path: Path, raw: bytes) -> list[dict[str, Any]]:
+def _json_array(path: Path, raw: bytes) -> list[Any]:
+    """A file holding one JSON array; malformed JSON is reported with its line and column."""
     try:
         records = json.loads(raw)
     except json.JSONDecodeError as error:
@@ -242,6 +238,11 @@ def _parse_records(path: Path, raw: bytes) -> list[dict[str, Any]]:
         raise DataError(f"{path}: not UTF-8 text ({error})") from None
     if not isinstance(records, list):
         raise DataError(f"{path}: expected a JSON array of records, found {type(records).__name__}")
+    return records
+
+
+def _parse_records(path: Path, raw: bytes) -> list[dict[str, Any]]:
+    records = _json_array(path, raw)
     for index, record in enumerate(records):
         if not isinstance(record, dict) or "id" not in record:
             raise DataError(f"{path}: record #{index} is not an object with an 'id'")
