@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
+from functools import lru_cache
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -164,3 +165,9 @@ class Judge:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"model": self.config.model, "prompt_sha256": digest, "reply": reply}))
+
+
+@lru_cache(maxsize=4)
+def judge_for(config: JudgeConfig) -> Judge:
+    """One Judge per configuration for a whole run (its key file is read once)."""
+    return Judge(config)

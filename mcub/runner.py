@@ -362,11 +362,11 @@ def _outcome(
         correct = scores["class_named"] == 100.0 if "class_named" in scores else None
         judgement = None
         if settings.judge is not None and task.judgement is not None:
-            from mcub.judge import Judge
+            from mcub.judge import judge_for
 
             closed = task.judgement == "close-set"
             reference = sample.answer if closed else sample.options.get(sample.answer, sample.answer)
-            verdict = Judge(settings.judge).judge(task.judgement, answer, reference, sample.options or None)
+            verdict = judge_for(settings.judge).judge(task.judgement, answer, reference, sample.options or None)
             judgement = verdict.record()
             scores["judge"] = verdict.verdict if verdict.verdict is not None else 0.0
         return Outcome(None, "open", correct, False, scores, judgement)
