@@ -12,8 +12,8 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from functools import lru_cache
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
