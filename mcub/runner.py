@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,19 +250,22 @@ def length_sorted_batches(samples: list[Sample], batch_size: int) -> list[list[i
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-class _QueueBatchSampler:
-    """Yields batches in the order this rank claims them from the shared counter."""
+class _QueueSampleSampler:
+    """Yields the sample indices of the batches this rank claims from the shared counter, batch after batch, and
+    notes each claimed batch's size so that the samples can be regrouped where they arrive (in order)."""
 
     def __init__(self, batches: list[list[int]], claim: Callable[[], int]):
         self.batches = batches
         self.claim = claim
+        self.sizes: deque[int] = deque()
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[int]:
         while (index := self.claim()) < len(self.batches):
-            yield self.batches[index]
+            self.sizes.append(len(self.batches[index]))
+            yield from self.batches[index]
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return sum(len(batch) for batch in self.batches)
 
 
 def _loader(
@@ -273,22 +277,38 @@ def _loader(
     progress: bool,
     name: str,
 ) -> Iterator[list[LoadedSample]]:
+    """Batches of decoded samples. Workers fetch single samples, so the samples of one batch are decoded in
+    parallel (the first batch is ready after one sample's decoding per worker, not a whole batch's), and about
+    two batches are kept in flight."""
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
     if not batches:
         return
+    sampler = _QueueSampleSampler(batches, claim)
+    workers = settings.num_workers
     loader = DataLoader(
         SampleDataset(samples, model.media_preprocessing),
-        batch_sampler=_QueueBatchSampler(batches, claim),
-        num_workers=settings.num_workers,
-        collate_fn=list,
+        batch_size=None,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=_as_is,
         pin_memory=settings.pin_memory,
+        prefetch_factor=max(2, -(-2 * max(len(batch) for batch in batches) // workers)) if workers else None,
     )
     with tqdm(total=len(samples), desc=name, unit="sample", disable=not progress, dynamic_ncols=True) as bar:
-        for items in loader:
-            yield items
-            bar.update(len(items))
+        items: list[LoadedSample] = []
+        for item in loader:
+            items.append(item)
+            if len(items) == sampler.sizes[0]:
+                sampler.sizes.popleft()
+                yield items
+                bar.update(len(items))
+                items = []
+
+
+def _as_is(item: LoadedSample) -> LoadedSample:
+    return item
 
 
 def evaluate_batch(

@@ -77,3 +77,30 @@ def test_a_killed_run_loses_at_most_the_batch_in_flight(tmp_path):
     assert sorted(record["id"] for record in final) == sorted(str(i) for i in range(300))
     by_id = {record["id"]: record for record in final}
     assert all(by_id[key] == record for key, record in written_before_kill.items())
+
+
+def test_workers_decode_single_samples_and_the_runner_regroups_the_planned_batches(tmp_path, monkeypatch):
+    from mcub.data import DataPaths, load_task
+    from mcub.models.base import Runtime
+    from mcub.models.baselines import RandomModel
+    from mcub.runner import Distributed, RunSettings, length_sorted_batches, run_task
+    from mcub.tasks import load_registry
+
+    [task] = load_registry().resolve(["mcub-sample"])
+    data = load_task(task, DataPaths())
+    seen = []
+    original = RandomModel.generate
+
+    def recording(self, batch, max_new_tokens, stop="eos"):
+        seen.append([sample.id for sample in batch.samples])
+        return original(self, batch, max_new_tokens, stop)
+
+    monkeypatch.setattr(RandomModel, "generate", recording)
+    model = RandomModel(Runtime())
+    model.media_preprocessing = {"image": "clip-336-pad", "audio": "beats-fbank", "video": "languagebind-224"}
+    run_task(model, data, RunSettings("paper", 2, num_workers=2), tmp_path, Distributed(), progress=False)
+    planned = [[data.samples[i].id for i in batch] for batch in length_sorted_batches(data.samples, 2)]
+    assert seen == planned and len(seen) == 3
+    records, _ = read_records(tmp_path / "mcub-sample.jsonl", repair=False)
+    assert sorted(records) == sorted(sample.id for sample in data.samples)
+    assert all(record["media"][0].get("sha256") for record in records.values())

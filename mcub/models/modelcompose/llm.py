@@ -54,29 +54,35 @@ class ComposedLM:
         return self.llama.lm_head.weight.dtype
 
     def pack(self, samples: Sequence[Sequence[Span]]) -> PackedBatch:
-        """Embed and left-pad each sample's spans; record each span's rows under its route."""
+        """Embed and left-pad each sample's spans; record each span's rows under its route.
+
+        Nothing here waits for the device: the layout is worked out on the host, the text of the whole batch is
+        embedded at once, and host-to-device copies are non-blocking."""
         embed = self.llama.get_input_embeddings()
         lengths = [sum(len(span) for span in spans) for spans in samples]
         width = max(lengths)
-        hidden = embed.weight.shape[1]
-        embeddings = torch.zeros(len(samples), width, hidden, dtype=self.dtype, device=self.device)
-        mask = torch.zeros(len(samples), width, dtype=torch.long, device=self.device)
+        embeddings = torch.zeros(len(samples), width, embed.weight.shape[1], dtype=self.dtype, device=self.device)
+        flat = embeddings.view(-1, embeddings.shape[-1])
         ranges: dict[str, list[tuple[int, int]]] = {}
+        text_ids: list[int] = []
+        text_rows: list[range] = []
         for row, (spans, length) in enumerate(zip(samples, lengths, strict=True)):
-            position = width - length
-            mask[row, position:] = 1
+            start = row * width + width - length
             for span in spans:
                 if not len(span):
                     continue
                 if span.embeddings is None:
-                    ids = torch.tensor(span.token_ids, device=self.device)
-                    block = embed(ids)
+                    text_ids.extend(span.token_ids)
+                    text_rows.append(range(start, start + len(span)))
                 else:
-                    block = span.embeddings.to(device=self.device, dtype=self.dtype)
-                embeddings[row, position : position + len(span)] = block
-                start = row * width + position
+                    flat[start : start + len(span)] = span.embeddings.to(device=self.device, dtype=self.dtype)
                 _extend(ranges.setdefault(span.route, []), start, start + len(span))
-                position += len(span)
+                start += len(span)
+        if text_ids:
+            rows = torch.tensor([index for rows in text_rows for index in rows]).to(self.device, non_blocking=True)
+            flat.index_copy_(0, rows, embed(torch.tensor(text_ids).to(self.device, non_blocking=True)))
+        padding = torch.tensor([width - length for length in lengths]).to(self.device, non_blocking=True)
+        mask = (torch.arange(width, device=self.device) >= padding[:, None]).long()
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         return PackedBatch(embeddings, mask, positions, RoutePlan(len(samples) * width, ranges))
 

@@ -60,7 +60,7 @@ class RoutePlan:
         key = (route, device)
         if key not in self._indices:
             spans = [torch.arange(start, end) for start, end in self.ranges[route]]
-            self._indices[key] = torch.cat(spans).to(device)
+            self._indices[key] = torch.cat(spans).to(device, non_blocking=True)
         return self._indices[key]
 
 

@@ -29,6 +29,11 @@ MEDIA_PREPROCESSING: dict[Modality, str] = {
     "point": "stored",
 }
 
+# The order in which a batch's modalities are encoded. The device runs the heavy encoders (video, image) while the
+# host is still issuing the many small kernels of Point-BERT's farthest-point sampling; BEATs checks its padding
+# mask on the host, which waits for the device, so it comes last, just before the LLM (which waits anyway).
+ENCODING_ORDER: tuple[Modality, ...] = ("video", "image", "point", "audio")
+
 
 class ModelComposeModel(Model):
     """DAMC / NaiveMC: experts composed at load time (`experts` + `lambdas`) or a merged checkpoint (`merged`).
@@ -178,7 +183,7 @@ class ModelComposeModel(Model):
                     raise ValueError(f"sample {samples[row].id}: this model has no {item.modality} encoder")
                 places.setdefault(item.modality, []).append((row, index))
         blocks: list[list[Any]] = [[None] * len(items) for items in media]
-        for modality, where in places.items():
+        for modality, where in sorted(places.items(), key=lambda item: ENCODING_ORDER.index(item[0])):
             outputs = self._encode(modality, [media[row][index] for row, index in where])
             for (row, index), output in zip(where, outputs, strict=True):
                 blocks[row][index] = (modality, output)
@@ -201,7 +206,7 @@ class ModelComposeModel(Model):
         missing = [index for index, found in enumerate(features) if found is None]
         for indices in _same_shape(missing, lambda i: tuple(tuple(t.shape) for t in items[i].tensors.values())):
             stacked = {
-                key: torch.stack([items[i].tensors[key] for i in indices]).to(device, non_blocking=True)
+                key: torch.stack([items[i].tensors[key].to(device, non_blocking=True) for i in indices])
                 for key in items[indices[0]].tensors
             }
             encoded = self._run_encoder(modality, stacked)

@@ -47,21 +47,21 @@ def farthest_point_sample(xyz: Tensor, count: int, seed: int | None = None) -> T
     The reference starts every row at a random index; here every row starts at index 0, or, given `seed`,
     at one index drawn from a CPU generator seeded with it (the same for every row, so a row's picks do not
     depend on the rest of the batch). Ties go to the lowest index. As in the reference, squared distances are
-    computed in the input dtype and the running minimum is kept in at least float32.
+    computed in the input dtype and the running minimum is kept in at least float32. Each step is six small
+    kernels (the loop is bound by issuing them), with no host synchronisation.
     """
     batch, num_points, _ = xyz.shape
     start = 0 if seed is None else int(torch.randint(num_points, (), generator=torch.Generator().manual_seed(seed)))
-    current = torch.full((batch,), start, dtype=torch.long, device=xyz.device)
-    rows = torch.arange(batch, device=xyz.device)
+    current = torch.full((batch, 1, 1), start, dtype=torch.long, device=xyz.device)
     running_dtype = torch.promote_types(xyz.dtype, torch.float32)
     running = torch.full((batch, num_points), 1e10, dtype=running_dtype, device=xyz.device)
-    picks = torch.empty(batch, count, dtype=torch.long, device=xyz.device)
-    for step in range(count):
-        picks[:, step] = current
-        distance = (xyz - xyz[rows, current].unsqueeze(1)).square().sum(-1)
-        torch.minimum(running, distance.to(running.dtype), out=running)
-        current = running.argmax(-1)
-    return picks
+    picks = []
+    for _ in range(count):
+        picks.append(current)
+        centre = xyz.gather(1, current.expand(-1, -1, 3))
+        torch.minimum(running, (xyz - centre).square().sum(-1), out=running)
+        current = running.argmax(-1).view(batch, 1, 1)
+    return torch.cat(picks, dim=1).view(batch, count)
 
 
 def knn_indices(centres: Tensor, xyz: Tensor, k: int) -> Tensor:
