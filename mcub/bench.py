@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -287,11 +288,14 @@ def random_composition(llama, shape: dict[str, int], device: str, dtype):
 
 def end_to_end(shape_name: str, root: Path, samples: int, batch_size: int, workers: int, device: str,
                dtype_name: str) -> dict[str, Any]:  # fmt: skip
-    """Samples/s of the real runner (decoding workers, encoders, composed prefill, first-character decoding)."""
+    """Samples/s of the real runner (decoding workers, encoders, composed prefill, first-character decoding), cold
+    (every file decoded and encoded) and with a warm feature cache (no decoding, no encoder: what a rerun with
+    other composition coefficients does)."""
     import torch
 
     from mcub.data import DataPaths, load_task
     from mcub.models.base import Runtime
+    from mcub.models.feature_cache import FeatureCache
     from mcub.models.modelcompose.model import ModelComposeModel
     from mcub.models.modelcompose.tiny import CORPUS, train_llama_like_tokenizer
     from mcub.models.modelcompose.tokenization import ChunkTokenizer
@@ -310,29 +314,78 @@ def end_to_end(shape_name: str, root: Path, samples: int, batch_size: int, worke
     model = ModelComposeModel.from_parts(Runtime(device, dtype_name), composition, llama, tokenizer, encoders)
     [task] = load_registry().resolve(["mcub-4"])
     data = load_task(task, DataPaths(data_root=data_root, download=False))
-    settings = RunSettings("paper", batch_size, workers, 128, pin_memory=device.startswith("cuda"))
-    warm = RunSettings("paper", batch_size, workers, 128, limit=batch_size, pin_memory=settings.pin_memory)
+    pin = device.startswith("cuda")
+    warm = RunSettings("paper", batch_size, workers, 128, limit=batch_size, pin_memory=pin)
     run_task(model, data, warm, root / "warmup", Distributed(), progress=False)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    run_task(model, data, settings, root / "records", Distributed(), progress=False)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    records = [json.loads(line) for line in (root / "records" / "mcub-4.jsonl").read_text().splitlines()]
+    result = {"samples": samples, "batch_size": batch_size, "workers": workers}
+    result |= _timed_run(model, data, RunSettings("paper", batch_size, workers, 128, pin_memory=pin), root / "cold")
+    model.feature_cache = FeatureCache(root / "features", {m: f"bench-random-{m}" for m in model.modalities})
+    run_task(model, data, replace(warm, limit=None), root / "priming", Distributed(), progress=False)
+    cached = _timed_run(model, data, RunSettings("paper", batch_size, workers, 128, pin_memory=pin), root / "cached")
+    result["warm_feature_cache"] = cached
+    return result
+
+
+def _timed_run(model, data, settings, records_dir: Path) -> dict[str, Any]:
+    """Wall time of one run of the task, the part after the first batch reached the model (without worker start
+    and the first batch's decoding), and the per-sample times in the records."""
+    import torch
+
+    from mcub.runner import Distributed, run_task
+
+    first_batch: list[float] = []
+    prepare = model.prepare
+
+    def noting_prepare(samples, media):
+        first_batch.append(first_batch[0] if first_batch else time.perf_counter())
+        return prepare(samples, media)
+
+    model.prepare = noting_prepare
+    cuda = str(model.lm.device).startswith("cuda")
+    try:
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        run_task(model, data, settings, records_dir, Distributed(), progress=False)
+        if cuda:
+            torch.cuda.synchronize()
+        end = time.perf_counter()
+    finally:
+        del model.prepare
+    records = [json.loads(line) for line in (records_dir / f"{data.task.name}.jsonl").read_text().splitlines()]
     errors = [record["error"] for record in records if record["error"]]
     if errors:
         raise RuntimeError(f"end-to-end bench: {len(errors)} sample(s) failed, e.g. {errors[0]}")
     return {
-        "samples": samples,
-        "batch_size": batch_size,
-        "workers": workers,
-        "seconds": elapsed,
-        "samples_per_s": samples / elapsed,
+        "seconds": end - start,
+        "samples_per_s": len(records) / (end - start),
+        "seconds_before_first_batch": first_batch[0] - start,
+        "samples_per_s_after_first_batch": len(records) / (end - first_batch[0]),
         "mean_decode_s_per_sample": sum(r["timing"]["decode_s"] for r in records) / len(records),
         "mean_model_s_per_sample": sum(r["timing"]["model_s"] for r in records) / len(records),
+        "media_from_feature_cache": sum(m.get("features") == "cache" for r in records for m in r["media"])
+        / sum(len(r["media"]) for r in records),
     }
+
+
+def end_to_end_ratios(result: dict[str, Any], e2e: dict[str, Any]) -> dict[str, Any]:
+    """The end-to-end throughputs over the dense prefill's at the same batch size, and what the device work alone
+    would allow: the composed prefill plus, when they were timed at that batch size, the four encoders."""
+    size = e2e["batch_size"]
+    row = next(row for row in result["rows"] if row["batch_size"] == size)
+    dense = row["dense_samples_per_s"]
+    ratios = {
+        "over_dense_prefill": e2e["samples_per_s"] / dense,
+        "after_first_batch_over_dense_prefill": e2e["samples_per_s_after_first_batch"] / dense,
+        "cached_over_dense_prefill": e2e["warm_feature_cache"]["samples_per_s"] / dense,
+        "cached_after_first_batch_over_dense_prefill": e2e["warm_feature_cache"]["samples_per_s_after_first_batch"]
+        / dense,
+    }
+    encoders = [r["seconds"] / size for r in result.get("encoders", []) if r["batch_size"] == size]
+    if len(encoders) == len(EXPERTS):
+        device_s = row["composed_damc_s"] / size + sum(encoders)
+        ratios["device_bound_over_dense_prefill"] = 1 / device_s / dense
+    return ratios
 
 
 def print_table(result: dict[str, Any], out=None) -> None:
@@ -349,12 +402,29 @@ def print_table(result: dict[str, Any], out=None) -> None:
         )
     if result.get("end_to_end"):
         e2e = result["end_to_end"]
+        cached = e2e["warm_feature_cache"]
         print(
-            f"end to end: {e2e['samples']} MCUB-4 samples, batch {e2e['batch_size']}, {e2e['workers']} workers: "
-            f"{e2e['samples_per_s']:.2f} samples/s = {e2e['over_dense_prefill']:.3f} of the dense prefill "
-            f"throughput (decode {e2e['mean_decode_s_per_sample']:.3f} s/sample in workers)",
+            f"end to end: {e2e['samples']} MCUB-4 samples, batch {e2e['batch_size']}, {e2e['workers']} workers, "
+            "as a ratio to the dense prefill throughput:",
             file=out,
         )
+        print("| run | samples/s | ratio | after the first batch: samples/s | ratio | s before it |", file=out)
+        print("|---|---:|---:|---:|---:|---:|", file=out)
+        for name, run, prefix in (("cold", e2e, ""), ("warm feature cache", cached, "cached_")):
+            print(
+                f"| {name} | {run['samples_per_s']:.2f} | {e2e[prefix + 'over_dense_prefill']:.3f} | "
+                f"{run['samples_per_s_after_first_batch']:.2f} | "
+                f"{e2e[prefix + 'after_first_batch_over_dense_prefill']:.3f} | "
+                f"{run['seconds_before_first_batch']:.2f} |",
+                file=out,
+            )
+        if "device_bound_over_dense_prefill" in e2e:
+            print(
+                f"the composed prefill plus the four encoders alone allow {e2e['device_bound_over_dense_prefill']:.3f}"
+                f" of the dense prefill throughput; decoding takes {e2e['mean_decode_s_per_sample']:.3f} s/sample in"
+                " the workers",
+                file=out,
+            )
     if result.get("encoders"):
         print("| encoder | batch | s | items/s |", file=out)
         print("|---|---:|---:|---:|", file=out)
@@ -397,9 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="mcub-bench-") as root:
             e2e = end_to_end(args.shape, Path(root), args.end_to_end, args.end_to_end_batch_size, args.workers,
                              args.device, args.dtype)  # fmt: skip
-        dense = next(row for row in result["rows"] if row["batch_size"] == e2e["batch_size"])
-        e2e["over_dense_prefill"] = e2e["samples_per_s"] / dense["dense_samples_per_s"]
-        result["end_to_end"] = e2e
+        result["end_to_end"] = e2e | end_to_end_ratios(result, e2e)
     print_table(result)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

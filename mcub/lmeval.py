@@ -104,7 +104,7 @@ class McubLM(LM):
         distinct = list(dict.fromkeys(contexts))
         for start in range(0, len(distinct), self.batch_size):
             chunk = distinct[start : start + self.batch_size]
-            loaded = list(SampleDataset([sample_from_context(c) for c in chunk], self.model.media_preprocessing))
+            loaded = list(SampleDataset.for_model([sample_from_context(c) for c in chunk], self.model))
             failed = [item for item in loaded if item.error]
             if failed:
                 raise McubError(f"sample {failed[0].sample.id} of {failed[0].sample.task}: {failed[0].error}")

@@ -15,9 +15,12 @@ from typing import Any
 
 from mcub.data import Sample, TaskData
 from mcub.errors import McubError, MediaError
+from mcub.hashing import file_sha256
 from mcub.judge import JudgeConfig
-from mcub.media import MediaInput, check_file, load_media
+from mcub.media import MediaInput, check_file, load_media, preprocessing_names
+from mcub.modalities import Modality
 from mcub.models.base import Model, PreparedBatch
+from mcub.models.feature_cache import FeatureCache
 from mcub.results import RecordLog, read_records, write_records
 from mcub.scoring import Outcome, authors_postprocess, score_generated, score_loglik, score_paper
 from mcub.tasks import TaskSpec
@@ -115,11 +118,22 @@ class LoadedSample:
 
 
 class SampleDataset:
-    """Map-style dataset: decoding a sample's media happens in the DataLoader worker that fetches it."""
+    """Map-style dataset: decoding a sample's media (or reading its cached encoder features) happens in the
+    DataLoader worker that fetches it."""
 
-    def __init__(self, samples: list[Sample], preprocessing: dict[str, str] | None):
+    def __init__(
+        self,
+        samples: list[Sample],
+        preprocessing: dict[str, str] | None,
+        feature_cache: FeatureCache | None = None,
+    ):
         self.samples = samples
         self.preprocessing = preprocessing
+        self.feature_cache = feature_cache
+
+    @classmethod
+    def for_model(cls, samples: list[Sample], model: Model) -> SampleDataset:
+        return cls(samples, model.media_preprocessing, model.feature_cache)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -135,14 +149,23 @@ class SampleDataset:
                 if self.preprocessing is None:
                     check_file(path)
                     loaded.provenance.append({"path": path, "modality": modality, "decoded": False})
-                else:
-                    media = load_media(modality, path, self.preprocessing.get(modality))
-                    loaded.media.append(media)
-                    loaded.provenance.append({"modality": modality, **media.provenance})
+                    continue
+                media = self._load(modality, path)
+                loaded.media.append(media)
+                loaded.provenance.append({"modality": modality, **media.provenance})
         except MediaError as error:
             loaded.error = f"media error: {error}"
         loaded.decode_s = time.perf_counter() - start
         return loaded
+
+    def _load(self, modality: Modality, path: str) -> MediaInput:
+        """The cached features of the file, when the cache has them; else the decoded file."""
+        name = self.preprocessing.get(modality) or preprocessing_names(modality)[0]
+        if self.feature_cache is None or modality not in self.feature_cache.fingerprints:
+            return load_media(modality, path, name)
+        check_file(path)
+        digest = file_sha256(path)
+        return self.feature_cache.load(modality, path, digest, name) or load_media(modality, path, name, digest)
 
 
 def protocol_for(task: TaskSpec, settings: RunSettings) -> str:
@@ -226,7 +249,7 @@ def find_batch_size(model: Model, samples: list[Sample], data: TaskData, protoco
     if not samples:
         return 1
     order = [samples[i] for batch in length_sorted_batches(samples, len(samples)) for i in batch]
-    dataset = SampleDataset(order, model.media_preprocessing)
+    dataset = SampleDataset.for_model(order, model)
     limit = max(AUTO_BATCH_SIZES) if torch.cuda.is_available() else CPU_MAX_BATCH_SIZE
     for size in (size for size in AUTO_BATCH_SIZES if size <= min(limit, len(samples)) or size == 1):
         items = [dataset[index] for index in range(min(size, len(order)))]
@@ -288,7 +311,7 @@ def _loader(
     sampler = _QueueSampleSampler(batches, claim)
     workers = settings.num_workers
     loader = DataLoader(
-        SampleDataset(samples, model.media_preprocessing),
+        SampleDataset.for_model(samples, model),
         batch_size=None,
         sampler=sampler,
         num_workers=workers,

@@ -19,5 +19,14 @@ def test_bench_runs_the_tiny_shape_and_writes_its_ratios(tmp_path, capsys):
     assert all(row["items_per_s"] == 2 / row["seconds"] for row in result["encoders"])
     e2e = result["end_to_end"]
     assert e2e["samples"] == 4 and e2e["samples_per_s"] == 4 / e2e["seconds"]
-    assert e2e["over_dense_prefill"] == e2e["samples_per_s"] / result["rows"][1]["dense_samples_per_s"]
-    assert "| 1 |" in capsys.readouterr().out
+    dense = result["rows"][1]["dense_samples_per_s"]
+    assert e2e["over_dense_prefill"] == e2e["samples_per_s"] / dense
+    cached = e2e["warm_feature_cache"]
+    assert e2e["media_from_feature_cache"] == 0 and cached["media_from_feature_cache"] == 1
+    assert cached["samples_per_s"] == 4 / cached["seconds"] and 0 < cached["seconds_before_first_batch"]
+    assert e2e["cached_after_first_batch_over_dense_prefill"] == cached["samples_per_s_after_first_batch"] / dense
+    composed = result["rows"][1]["composed_damc_s"] / 2
+    encoders = sum(row["seconds"] / 2 for row in result["encoders"])
+    assert e2e["device_bound_over_dense_prefill"] == 1 / (composed + encoders) / dense
+    out = capsys.readouterr().out
+    assert "| 1 |" in out and "| warm feature cache |" in out

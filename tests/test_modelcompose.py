@@ -199,22 +199,59 @@ def test_tiny_damc_runs_the_sample_task_end_to_end(tiny, tmp_path, capsys):
     assert summary["model"]["composition"] == "damc" and len(summary["model"]["sources"]) == 4
 
 
-def test_feature_cache_lets_a_coefficient_change_skip_every_encoder(tiny, tmp_path, monkeypatch):
+def _loaded(model, samples):
+    """The samples' media as the runner's workers hand them to `model` (decoded, or cached features)."""
+    from mcub.runner import SampleDataset
+
+    return [item.media for item in SampleDataset.for_model(samples, model)]
+
+
+def test_feature_cache_lets_a_coefficient_change_skip_every_encoder_and_the_decoding(tiny, tmp_path, monkeypatch):
     cache = tmp_path / "features"
     experts = {"image": tiny["experts"]["image"], "audio": tiny["experts"]["audio"]}
     plain = _model(tiny, experts=experts)
     first = _model(tiny, experts=experts, feature_cache=str(cache))
+    samples, decoded = _image_audio_sample(first)
+    [fresh] = _loaded(first, samples)  # an empty cache: everything is decoded
+    assert [m.provenance for m in fresh] == [m.provenance for m in decoded[0]]
+    assert all(torch.equal(m.tensors[k], d.tensors[k]) for m, d in zip(fresh, decoded[0]) for k in d.tensors)
     assert torch.allclose(_logits(plain), _logits(first), atol=1e-6)
-    assert first.feature_cache.misses == 2 and len(list(cache.rglob("*.safetensors"))) == 2
+    assert len(list(cache.rglob("*.safetensors"))) == 2
 
     second = _model(tiny, experts=experts, lambdas={"image": 0.8, "audio": 0.2}, feature_cache=str(cache))
 
-    def no_encoder(*args, **kwargs):
-        raise AssertionError("an encoder ran although its features were cached")
+    def never(*args, **kwargs):
+        raise AssertionError("an encoder ran or a file was decoded although its features were cached")
 
     for encoder in second.encoders.values():
-        monkeypatch.setattr(encoder, "forward", no_encoder)
-    reweighted = _logits(second)
-    assert second.feature_cache.hits == 2 and second.feature_cache.misses == 0
+        monkeypatch.setattr(encoder, "forward", never)
+    monkeypatch.setattr("mcub.runner.load_media", never)
+    [cached] = _loaded(second, samples)
+    assert [set(m.tensors) for m in cached] == [{"features"}, {"features"}]
+    assert [m.provenance for m in cached] == [{**m.provenance, "features": "cache"} for m in decoded[0]]
+    reweighted = second.lm.prefill_logits(second.lm.pack(second.prepare(samples, [cached]).inputs))[0]
     uncached = _model(tiny, experts=experts, lambdas={"image": 0.8, "audio": 0.2})
     assert torch.allclose(reweighted, _logits(uncached), atol=1e-6)
+
+
+def test_a_warm_feature_cache_through_the_runner_and_its_workers(tiny, tmp_path):
+    cache_dir = str(Path(tiny["base"]).parent)
+    common = ["--model", "tiny-damc", "--model-arg", f"cache_dir={cache_dir}", "--tasks", "mcub-sample"]
+    common += ["--output-dir", str(tmp_path), "--no-progress", "--num-workers", "2", "--batch-size", "2"]
+    common += ["--model-arg", f"feature_cache={tmp_path / 'features'}"]
+    reweighted = ["--model-arg", "lambda.image=0.4", "--model-arg", "lambda.audio=0.1"]
+    reweighted += ["--model-arg", "lambda.video=0.3", "--model-arg", "lambda.point=0.2"]
+    assert eval_main([*common, "--run-name", "cold"]) == 0
+    assert eval_main([*common, *reweighted, "--run-name", "warm"]) == 0
+    assert eval_main([*common[:-2], *reweighted, "--run-name", "none"]) == 0
+
+    def records(name):
+        lines = (tmp_path / "tiny-damc" / name / "records" / "mcub-sample.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines]
+
+    cold, warm, uncached = records("cold"), records("warm"), records("none")
+    assert all(r["error"] is None for r in cold + warm + uncached)
+    assert all(m.get("features") is None for r in cold + uncached for m in r["media"])
+    assert all(m["features"] == "cache" for r in warm for m in r["media"])
+    assert [r["output"] for r in warm] == [r["output"] for r in uncached]
+    assert [[{**m, "features": "cache"} for m in r["media"]] for r in uncached] == [r["media"] for r in warm]

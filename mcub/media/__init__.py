@@ -34,15 +34,21 @@ def preprocessing_names(modality: Modality) -> tuple[str, ...]:
     return tuple(importlib.import_module(_MODULES[modality]).PREPROCESSING)
 
 
-def load_media(modality: Modality, path: str, preprocessing: str | None = None) -> MediaInput:
-    """Decode `path` and apply a named preprocessing (default: the one the released checkpoints used)."""
+def load_media(
+    modality: Modality, path: str, preprocessing: str | None = None, sha256: str | None = None
+) -> MediaInput:
+    """Decode `path` and apply a named preprocessing (default: the one the released checkpoints used); `sha256`
+    is the file's content hash when the caller has it already."""
     module = importlib.import_module(_MODULES[modality])
     name = preprocessing or next(iter(module.PREPROCESSING))
     if name not in module.PREPROCESSING:
         raise ValueError(f"unknown {modality} preprocessing {name!r}; known: {', '.join(module.PREPROCESSING)}")
     tensors, provenance = module.PREPROCESSING[name](path)
     return MediaInput(
-        modality, path, tensors, {"path": path, "sha256": file_sha256(path), "preprocessing": name, **provenance}
+        modality,
+        path,
+        tensors,
+        {"path": path, "sha256": sha256 or file_sha256(path), "preprocessing": name, **provenance},
     )
 
 

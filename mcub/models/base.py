@@ -16,6 +16,7 @@ from mcub.data import Sample
 from mcub.errors import McubError
 from mcub.media import MediaInput
 from mcub.modalities import Modality
+from mcub.models.feature_cache import FeatureCache
 
 MODELS_DIR = Path(__file__).resolve().parent.parent.parent / "models"
 ADAPTERS = {
@@ -54,10 +55,12 @@ class PreparedBatch:
 
 class Model(ABC):
     """A model under evaluation. `media_preprocessing` names the media preprocessing per modality the runner's
-    workers apply before `prepare`; None means the model never reads media (files are only checked)."""
+    workers apply before `prepare`; None means the model never reads media (files are only checked). With a
+    `feature_cache`, the workers hand over stored encoder features instead of decoding, where there are some."""
 
     modalities: frozenset[Modality]
     media_preprocessing: dict[Modality, str] | None
+    feature_cache: FeatureCache | None = None
 
     @abstractmethod
     def prepare(self, samples: list[Sample], media: list[list[MediaInput]]) -> PreparedBatch:

@@ -14,10 +14,10 @@ from mcub.data import Sample
 from mcub.media import MediaInput
 from mcub.modalities import Modality
 from mcub.models.base import Model, ModelError, PreparedBatch, Runtime, Stop
+from mcub.models.feature_cache import FEATURES, FeatureCache, weights_fingerprint
 from mcub.models.modelcompose.checkpoint import read_checkpoint
 from mcub.models.modelcompose.components import Component, resolve_components
 from mcub.models.modelcompose.compose import Composition, compose_experts, compose_merged
-from mcub.models.modelcompose.feature_cache import FeatureCache, weights_fingerprint
 from mcub.models.modelcompose.llm import LANGUAGE, ComposedLM, Span
 from mcub.models.modelcompose.tokenization import load_chunk_tokenizer
 from mcub.prompts import vicuna_v1
@@ -87,26 +87,28 @@ class ModelComposeModel(Model):
             for m, path in self.encoder_paths.items()
         }
         self._assemble(runtime, self.composition, llama, load_chunk_tokenizer(self.base_path), encoder_modules)
-        self.feature_cache = FeatureCache(Path(feature_cache).expanduser()) if feature_cache else None
-        self.encoder_fingerprints = (
-            {
-                m: weights_fingerprint(
-                    path, m, self.composition.modalities[m].select_layer, runtime.dtype, point_encoder
-                )
-                for m, path in self.encoder_paths.items()
-            }
-            if self.feature_cache
-            else {}
+        self.feature_cache = (
+            FeatureCache(
+                Path(feature_cache).expanduser(),
+                {
+                    m: weights_fingerprint(
+                        path, m, self.composition.modalities[m].select_layer, runtime.dtype, point_encoder
+                    )
+                    for m, path in self.encoder_paths.items()
+                },
+            )
+            if feature_cache
+            else None
         )
 
     @classmethod
     def from_parts(cls, runtime: Runtime, composition: Composition, llama, tokenizer, encoders) -> ModelComposeModel:
-        """A model from parts already in memory (benchmarks with random weights); no feature cache."""
+        """A model from parts already in memory (benchmarks with random weights), without a feature cache until one
+        is set as `feature_cache`."""
         model = cls.__new__(cls)
         model.base_path = None
         model.encoder_paths = {}
         model.feature_cache = None
-        model.encoder_fingerprints = {}
         model._assemble(runtime, composition, llama, tokenizer, encoders)
         return model
 
@@ -193,16 +195,9 @@ class ModelComposeModel(Model):
         """Encode (or take from the feature cache), project and wrap in local tokens a list of one modality's
         inputs, batched where shapes agree."""
         device, dtype = self.lm.device, self.lm.dtype
-        features: list[Tensor | None] = [None] * len(items)
-        keys = (
-            [self.feature_cache.key(item, self.encoder_fingerprints[modality]) for item in items]
-            if self.feature_cache
-            else []
-        )
-        for index, key in enumerate(keys):
-            cached = self.feature_cache.get(key)
-            if cached is not None:
-                features[index] = cached.to(device=device, dtype=dtype, non_blocking=True)
+        features: list[Tensor | None] = [
+            item.tensors[FEATURES].to(device, non_blocking=True) if FEATURES in item.tensors else None for item in items
+        ]
         missing = [index for index, found in enumerate(features) if found is None]
         for indices in _same_shape(missing, lambda i: tuple(tuple(t.shape) for t in items[i].tensors.values())):
             stacked = {
@@ -213,7 +208,7 @@ class ModelComposeModel(Model):
             for position, index in enumerate(indices):
                 features[index] = encoded[position]
                 if self.feature_cache:
-                    self.feature_cache.put(keys[index], encoded[position])
+                    self.feature_cache.store(items[index], encoded[position])
         prefix, suffix = self.local_tokens[modality]
         outputs: list[Tensor | None] = [None] * len(items)
         for indices in _same_shape(range(len(items)), lambda i: tuple(features[i].shape)):

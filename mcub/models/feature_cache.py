@@ -1,0 +1,75 @@
+"""Encoder features on disk, keyed by the media file's content hash, the preprocessing and the encoder's weights,
+so a run that changes only the composition (coefficients, experts' LoRA) skips every encoder, and the decoding
+workers skip decoding: they hand the model the stored features (with the stored decoding provenance)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mcub.hashing import update_with_file
+from mcub.media import MediaInput
+from mcub.modalities import Modality
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+FEATURES = "features"
+"""The tensor name of a MediaInput whose encoder features came from the cache."""
+
+
+def weights_fingerprint(path: Path, *extra: object) -> str:
+    """SHA-256 over an encoder's weight file(s) (every file of a directory, by relative name) and `extra`."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        update_with_file(digest, file)
+    digest.update(repr(extra).encode())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class FeatureCache:
+    """One safetensors file per (media content, preprocessing, encoder) under `directory`; `fingerprints` are
+    the encoders' weight fingerprints by modality. Small and picklable: the decoding workers hold a copy."""
+
+    directory: Path
+    fingerprints: dict[Modality, str]
+
+    def key(self, modality: Modality, sha256: str, preprocessing: str) -> str:
+        identity = f"{sha256}\0{preprocessing}\0{self.fingerprints[modality]}"
+        return hashlib.sha256(identity.encode()).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.directory / key[:2] / f"{key}.safetensors"
+
+    def load(self, modality: Modality, path: str, sha256: str, preprocessing: str) -> MediaInput | None:
+        """The cached features of a media file as a MediaInput (`tensors[FEATURES]`, provenance as decoded, with
+        `features: cache`), or None when this modality is not cached or the file has no entry yet."""
+        from safetensors import safe_open
+
+        if modality not in self.fingerprints:
+            return None
+        entry = self._path(self.key(modality, sha256, preprocessing))
+        if not entry.is_file():
+            return None
+        with safe_open(str(entry), framework="pt") as handle:
+            provenance = json.loads(handle.metadata()["provenance"])
+            features = handle.get_tensor(FEATURES)
+        return MediaInput(modality, path, {FEATURES: features}, {**provenance, "path": path, "features": "cache"})
+
+    def store(self, media: MediaInput, features: Tensor) -> None:
+        """Keep the encoder features of a decoded media file, with its decoding provenance."""
+        from safetensors.torch import save_file
+
+        key = self.key(media.modality, media.provenance["sha256"], media.provenance["preprocessing"])
+        entry = self._path(key)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        partial = entry.with_suffix(".partial")
+        metadata = {"provenance": json.dumps(media.provenance, sort_keys=True)}
+        save_file({FEATURES: features.detach().to("cpu").contiguous()}, str(partial), metadata=metadata)
+        partial.replace(entry)
