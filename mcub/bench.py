@@ -287,10 +287,11 @@ def random_composition(llama, shape: dict[str, int], device: str, dtype):
 
 
 def end_to_end(shape_name: str, root: Path, samples: int, batch_size: int, workers: int, device: str,
-               dtype_name: str) -> dict[str, Any]:  # fmt: skip
+               dtype_name: str, profile: Path | None = None) -> dict[str, Any]:  # fmt: skip
     """Samples/s of the real runner (decoding workers, encoders, composed prefill, first-character decoding), cold
     (every file decoded and encoded) and with a warm feature cache (no decoding, no encoder: what a rerun with
-    other composition coefficients does)."""
+    other composition coefficients does). With `profile`, two more cold batches run under the torch profiler
+    and its table goes to that file."""
     import torch
 
     from mcub.data import DataPaths, load_task
@@ -323,7 +324,70 @@ def end_to_end(shape_name: str, root: Path, samples: int, batch_size: int, worke
     run_task(model, data, replace(warm, limit=None), root / "priming", Distributed(), progress=False)
     cached = _timed_run(model, data, RunSettings("paper", batch_size, workers, 128, pin_memory=pin), root / "cached")
     result["warm_feature_cache"] = cached
+    if profile is not None:
+        model.feature_cache = None
+        settings = replace(warm, limit=2 * batch_size)
+        result["profile"] = profile_run(model, data, settings, root / "profiled", profile)
     return result
+
+
+PROFILED_STAGES = {
+    "_run_encoder": "encoder",
+    "_modality_blocks": "encoders + projectors",
+    "generate": "generate",
+    "lm._forward": "llm forward (prefill, then one per new token)",
+}
+
+
+def profile_run(model, data, settings, records_dir: Path, table: Path) -> dict[str, Any]:
+    """One run under the torch profiler, its stages labelled; writes the operator table (by device time, or host
+    time without CUDA) to `table` and returns each stage's host and device milliseconds."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from mcub.runner import Distributed, run_task
+
+    cuda = str(model.lm.device).startswith("cuda")
+
+    def labelled(name, function):
+        def call(*args, **kwargs):
+            label = f"mcub {name}" + (f" {args[0]}" if name == "encoder" else "")
+            with record_function(label):
+                return function(*args, **kwargs)
+
+        return call
+
+    def owner(path: str):
+        *parents, attribute = path.split(".")
+        target = model
+        for parent in parents:
+            target = getattr(target, parent)
+        return target, attribute
+
+    for path, name in PROFILED_STAGES.items():
+        target, attribute = owner(path)
+        setattr(target, attribute, labelled(name, getattr(target, attribute)))
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    try:
+        with profile(activities=activities) as profiler:
+            run_task(model, data, settings, records_dir, Distributed(), progress=False)
+            if cuda:
+                torch.cuda.synchronize()
+    finally:
+        for path in PROFILED_STAGES:
+            delattr(*owner(path))
+    averages = profiler.key_averages()
+    sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    table.write_text(averages.table(sort_by=sort_by, row_limit=40) + "\n")
+    return {
+        event.key: {
+            "host_ms": event.cpu_time_total / 1000,
+            "device_ms": getattr(event, "device_time_total", 0) / 1000,
+            "calls": event.count,
+        }
+        for event in averages
+        if event.key.startswith("mcub ")
+    }
 
 
 def _timed_run(model, data, settings, records_dir: Path) -> dict[str, Any]:
@@ -448,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--end-to-end-batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=4, help="decoding workers of the end-to-end run")
     parser.add_argument("--json", type=Path, default=Path("bench.json"))
+    parser.add_argument("--profile", type=Path, help="write the torch profiler table of two end-to-end batches here")
     args = parser.parse_args(argv)
     sizes = sorted(
         {int(size) for size in args.batch_sizes.split(",")}
@@ -466,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
         with tempfile.TemporaryDirectory(prefix="mcub-bench-") as root:
             e2e = end_to_end(args.shape, Path(root), args.end_to_end, args.end_to_end_batch_size, args.workers,
-                             args.device, args.dtype)  # fmt: skip
+                             args.device, args.dtype, args.profile)  # fmt: skip
         result["end_to_end"] = e2e | end_to_end_ratios(result, e2e)
     print_table(result)
     args.json.write_text(json.dumps(result, indent=2) + "\n")

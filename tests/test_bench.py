@@ -8,6 +8,7 @@ def test_bench_runs_the_tiny_shape_and_writes_its_ratios(tmp_path, capsys):
     arguments = ["--shape", "tiny", "--device", "cpu", "--dtype", "float32", "--batch-sizes", "1,2"]
     arguments += ["--warmup", "0", "--iterations", "1", "--encoder-batch-sizes", "2", "--json", str(out)]
     arguments += ["--end-to-end", "4", "--end-to-end-batch-size", "2", "--workers", "0"]
+    arguments += ["--profile", str(tmp_path / "profile.txt")]
     assert main(arguments) == 0
     result = json.loads(out.read_text())
     assert result["device"] == "cpu" and [row["batch_size"] for row in result["rows"]] == [1, 2]
@@ -28,5 +29,9 @@ def test_bench_runs_the_tiny_shape_and_writes_its_ratios(tmp_path, capsys):
     composed = result["rows"][1]["composed_damc_s"] / 2
     encoders = sum(row["seconds"] / 2 for row in result["encoders"])
     assert e2e["device_bound_over_dense_prefill"] == 1 / (composed + encoders) / dense
+    assert "aten::" in (tmp_path / "profile.txt").read_text()
+    stages = e2e["profile"]
+    assert {f"mcub encoder {m}" for m in ("image", "video", "audio", "point")} < set(stages)
+    assert stages["mcub generate"]["calls"] == 2 and stages["mcub generate"]["host_ms"] > 0
     out = capsys.readouterr().out
     assert "| 1 |" in out and "| warm feature cache |" in out
