@@ -159,15 +159,13 @@ class ComposedLM:
             return scores
         counts = [len(row_options) for row_options in continuations]
         flat = [options for row_options in continuations for options in row_options]
-        owner = torch.tensor([row for row, count in enumerate(counts) for _ in range(count)], device=self.device)
+        owner = torch.tensor([row for row, count in enumerate(counts) for _ in range(count)])
+        owner = owner.to(self.device, non_blocking=True)
         cache.batch_select_indices(owner)
         steps = longest - 1
-        ids = torch.zeros(len(flat), steps, dtype=torch.long, device=self.device)
-        valid = torch.zeros(len(flat), steps, dtype=torch.long, device=self.device)
-        for index, options in enumerate(flat):
-            ids[index, : len(options) - 1] = torch.tensor(options[:-1], device=self.device)
-            valid[index, : len(options) - 1] = 1
-        mask = torch.cat([batch.attention_mask[owner], torch.ones_like(valid)], dim=1)
+        ids = torch.tensor([list(options[:-1]) + [0] * (longest - len(options)) for options in flat])
+        ids = ids.to(self.device, non_blocking=True)
+        mask = torch.cat([batch.attention_mask[owner], torch.ones_like(ids)], dim=1)
         positions = batch.position_ids[owner, -1:] + 1 + torch.arange(steps, device=self.device)
         embeddings = self.llama.get_input_embeddings()(ids)
         hidden, _ = self._forward(embeddings, mask, positions, None, cache)
