@@ -295,3 +295,10 @@ def test_load_reports_a_nested_file_without_encoder_keys_and_unsafe_pickles(tiny
     torch.save({"args": argparse.Namespace(lr=1.0), "state_dict": tiny.state_dict()}, unsafe)
     with pytest.raises(McubError, match=rf"^{re.escape(str(unsafe))}: not loadable with weights_only=True"):
         load_pointbert(unsafe, TINY)
+
+
+def test_grouping_reads_no_device_value_on_the_host():
+    """Farthest-point sampling and kNN run on the meta device, where any read of a value fails: the loop never
+    waits for the GPU."""
+    groups, centres = group_points(torch.empty(2, 64, 6, device="meta"), num_group=8, group_size=4, seed=3)
+    assert groups.shape == (2, 8, 4, 6) and centres.shape == (2, 8, 3)

@@ -214,7 +214,8 @@ def test_feature_cache_lets_a_coefficient_change_skip_every_encoder_and_the_deco
     samples, decoded = _image_audio_sample(first)
     [fresh] = _loaded(first, samples)  # an empty cache: everything is decoded
     assert [m.provenance for m in fresh] == [m.provenance for m in decoded[0]]
-    assert all(torch.equal(m.tensors[k], d.tensors[k]) for m, d in zip(fresh, decoded[0]) for k in d.tensors)
+    pairs = zip(fresh, decoded[0], strict=True)
+    assert all(torch.equal(m.tensors[k], d.tensors[k]) for m, d in pairs for k in d.tensors)
     assert torch.allclose(_logits(plain), _logits(first), atol=1e-6)
     assert len(list(cache.rglob("*.safetensors"))) == 2
 

@@ -195,3 +195,22 @@ def test_long_spans_across_a_batch_are_computed_range_by_range():
     for row, spans in enumerate(samples):
         alone = model.prefill_logits(model.pack([spans]))[0]
         assert torch.allclose(together[row, -alone.shape[0] :], alone, atol=1e-4)
+
+
+def test_packing_reads_no_device_value_on_the_host():
+    """On the meta device any read of a value (item, tolist, a boolean test) fails: packing must need none, so the
+    host never waits for the GPU while it prepares a batch."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)  # fmt: skip
+    with torch.device("meta"):
+        model = ComposedLM(LlamaForCausalLM(config), RoutingState())
+    block = torch.empty(4, 16, device="meta")
+    batch = model.pack([
+        [Span(LANGUAGE, (1, 2, 3)), Span("image", embeddings=block), Span(LANGUAGE, (5,))],
+        [Span(LANGUAGE, (1,)), Span("image", embeddings=block)],
+    ])  # fmt: skip
+    assert batch.embeddings.shape == (2, 8, 16) and batch.position_ids.shape == (2, 8)
+    assert batch.plan.ranges == {LANGUAGE: [(0, 3), (7, 8), (11, 12)], "image": [(3, 7), (12, 16)]}
+    assert batch.plan.rows("image", torch.device("meta")).shape == (8,)
