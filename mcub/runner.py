@@ -268,8 +268,17 @@ def find_batch_size(model: Model, samples: list[Sample], data: TaskData, protoco
 
 def length_sorted_batches(samples: list[Sample], batch_size: int) -> list[list[int]]:
     """Indices into `samples`, batched so that samples of similar cost (media count, prompt length) share a
-    batch; the costliest batches come first, so memory problems show at once."""
-    order = sorted(range(len(samples)), key=lambda i: (-len(samples[i].media), -len(samples[i].prompt), i))
+    batch, and questions on the same media files sit side by side (the model encodes shared media once per
+    batch); the costliest batches come first, so memory problems show at once."""
+    longest: dict[tuple, int] = {}
+    for sample in samples:
+        longest[sample.media] = max(longest.get(sample.media, 0), len(sample.prompt))
+
+    def cost(i: int) -> tuple:
+        sample = samples[i]
+        return (-len(sample.media), -longest[sample.media], sample.media, -len(sample.prompt), i)
+
+    order = sorted(range(len(samples)), key=cost)
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 

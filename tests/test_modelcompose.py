@@ -256,3 +256,36 @@ def test_a_warm_feature_cache_through_the_runner_and_its_workers(tiny, tmp_path)
     assert all(m["features"] == "cache" for r in warm for m in r["media"])
     assert [r["output"] for r in warm] == [r["output"] for r in uncached]
     assert [[{**m, "features": "cache"} for m in r["media"]] for r in uncached] == [r["media"] for r in warm]
+
+
+def test_media_shared_by_the_questions_of_a_batch_are_encoded_once(tiny, monkeypatch):
+    model = _model(tiny, experts={"image": tiny["experts"]["image"], "audio": tiny["experts"]["audio"]})
+    [sample], [media] = _image_audio_sample(model)
+    other = Sample(sample.task, "2", sample.prompt.replace("in common", "alike"), sample.media, sample.options, "B",
+                   {"question_index": 1})  # fmt: skip
+    alone = [model.lm.prefill_logits(model.lm.pack(model.prepare([s], [media]).inputs))[0] for s in (sample, other)]
+    encoded = []
+    for modality, encoder in model.encoders.items():
+        forward = encoder.forward
+
+        def counting(*args, modality=modality, forward=forward, **kwargs):
+            encoded.append((modality, args[0].shape[0]))
+            return forward(*args, **kwargs)
+
+        monkeypatch.setattr(encoder, "forward", counting)
+    together = model.lm.prefill_logits(model.lm.pack(model.prepare([sample, other], [media, media]).inputs))
+    assert sorted(encoded) == [("audio", 1), ("image", 1)]
+    for row, logits in enumerate(alone):
+        assert torch.allclose(together[row, -logits.shape[0] :], logits, atol=1e-5)
+
+
+def test_batches_keep_the_questions_on_the_same_media_together():
+    from mcub.runner import length_sorted_batches
+
+    def sample(index, media, prompt_length):
+        return Sample("t", str(index), "x" * prompt_length, media, {}, "A", {"question_index": index})
+
+    video_a, video_b = (("video", "a.mp4"),), (("video", "b.mp4"),)
+    samples = [sample(0, video_a, 10), sample(1, video_b, 50), sample(2, video_a, 40), sample(3, video_b, 20),
+               sample(4, video_a + video_b, 5), sample(5, (), 99)]  # fmt: skip
+    assert length_sorted_batches(samples, 2) == [[4, 1], [3, 2], [0, 5]]

@@ -193,12 +193,16 @@ class ModelComposeModel(Model):
 
     def _encode(self, modality: Modality, items: list[MediaInput]) -> list[Tensor]:
         """Encode (or take from the feature cache), project and wrap in local tokens a list of one modality's
-        inputs, batched where shapes agree."""
+        inputs, batched where shapes agree; files of the same content and preprocessing are encoded once."""
         device, dtype = self.lm.device, self.lm.dtype
         features: list[Tensor | None] = [
             item.tensors[FEATURES].to(device, non_blocking=True) if FEATURES in item.tensors else None for item in items
         ]
-        missing = [index for index, found in enumerate(features) if found is None]
+        first_of: dict[tuple, int] = {}
+        for index, found in enumerate(features):
+            if found is None:
+                first_of.setdefault(_content(items[index], index), index)
+        missing = list(first_of.values())
         for indices in _same_shape(missing, lambda i: tuple(tuple(t.shape) for t in items[i].tensors.values())):
             stacked = {
                 key: torch.stack([items[i].tensors[key].to(device, non_blocking=True) for i in indices])
@@ -209,6 +213,9 @@ class ModelComposeModel(Model):
                 features[index] = encoded[position]
                 if self.feature_cache:
                     self.feature_cache.store(items[index], encoded[position])
+        for index, found in enumerate(features):
+            if found is None:
+                features[index] = features[first_of[_content(items[index], index)]]
         prefix, suffix = self.local_tokens[modality]
         outputs: list[Tensor | None] = [None] * len(items)
         for indices in _same_shape(range(len(items)), lambda i: tuple(features[i].shape)):
@@ -258,6 +265,12 @@ def load_llama(path: Path, dtype):
     from transformers import LlamaForCausalLM
 
     return LlamaForCausalLM.from_pretrained(path, dtype=dtype)
+
+
+def _content(item: MediaInput, index: int) -> tuple:
+    """What makes two inputs encode alike: the file's content and its preprocessing (else the input itself)."""
+    sha256, preprocessing = item.provenance.get("sha256"), item.provenance.get("preprocessing")
+    return (sha256, preprocessing) if sha256 and preprocessing else ("input", index)
 
 
 def _same_shape(indices, shape_of) -> list[list[int]]:
