@@ -249,11 +249,12 @@ def find_batch_size(model: Model, samples: list[Sample], data: TaskData, protoco
     if not samples:
         return 1
     order = [samples[i] for batch in length_sorted_batches(samples, len(samples)) for i in batch]
-    dataset = SampleDataset.for_model(order, model)
     limit = max(AUTO_BATCH_SIZES) if torch.cuda.is_available() else CPU_MAX_BATCH_SIZE
-    for size in (size for size in AUTO_BATCH_SIZES if size <= min(limit, len(samples)) or size == 1):
-        items = [dataset[index] for index in range(min(size, len(order)))]
-        ready = [item for item in items if item.error is None]
+    sizes = [size for size in AUTO_BATCH_SIZES if size <= min(limit, len(samples)) or size == 1]
+    dataset = SampleDataset.for_model(order, model)
+    loaded = [dataset[index] for index in range(min(sizes[0], len(order)))]  # decoded once, for every probe
+    for size in sizes:
+        ready = [item for item in loaded[:size] if item.error is None]
         try:
             if ready:
                 prepared = model.prepare([item.sample for item in ready], [item.media for item in ready])

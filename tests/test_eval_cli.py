@@ -157,8 +157,12 @@ def test_auto_batch_size_takes_the_largest_that_fits(tmp_path, monkeypatch, caps
 
     [task] = load_registry().resolve(["mcub-sample"])
     data = load_task(task, DataPaths())
+    fetched = []
+    fetch = SampleDataset.__getitem__
+    monkeypatch.setattr(SampleDataset, "__getitem__", lambda self, index: fetched.append(index) or fetch(self, index))
     assert find_batch_size(RandomModel(Runtime()), data.samples, data, "paper", RunSettings(batch_size=None)) == 2
     assert sizes == [4, 2]  # 5 samples: the probe starts at the largest candidate size below 5
+    assert fetched == [0, 1, 2, 3]  # the probe's samples are decoded once for every size tried
     assert _run(tmp_path, "--tasks", "mcub-sample", "--batch-size", "auto", "--run-name", "a") == 0
     assert len(_records(tmp_path / "results" / "random" / "a")) == 5
 
