@@ -289,3 +289,21 @@ def test_batches_keep_the_questions_on_the_same_media_together():
     samples = [sample(0, video_a, 10), sample(1, video_b, 50), sample(2, video_a, 40), sample(3, video_b, 20),
                sample(4, video_a + video_b, 5), sample(5, (), 99)]  # fmt: skip
     assert length_sorted_batches(samples, 2) == [[4, 1], [3, 2], [0, 5]]
+
+
+def test_a_damaged_feature_cache_entry_is_reported_and_recomputed(tmp_path):
+    from mcub.media import MediaInput
+    from mcub.models.feature_cache import FeatureCache
+
+    cache = FeatureCache(tmp_path, {"image": "weights"})
+    media = MediaInput("image", "x.png", {}, {"path": "x.png", "sha256": "ab" * 32, "preprocessing": "clip-336-pad"})
+    cache.store(media, torch.ones(2, 3))
+    [entry] = tmp_path.rglob("*.safetensors")
+    entry.write_bytes(entry.read_bytes()[:20])
+    with pytest.warns(UserWarning, match="unreadable feature cache entry for x.png"):
+        assert cache.load("image", "x.png", "ab" * 32, "clip-336-pad") is None
+    cache.store(media, torch.ones(2, 3))
+    loaded = cache.load("image", "y.png", "ab" * 32, "clip-336-pad")
+    assert torch.equal(loaded.tensors["features"], torch.ones(2, 3))
+    assert loaded.provenance == {**media.provenance, "path": "y.png", "features": "cache"}
+    assert cache.load("video", "y.png", "ab" * 32, "clip-336-pad") is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,7 +50,8 @@ class FeatureCache:
 
     def load(self, modality: Modality, path: str, sha256: str, preprocessing: str) -> MediaInput | None:
         """The cached features of a media file as a MediaInput (`tensors[FEATURES]`, provenance as decoded, with
-        `features: cache`), or None when this modality is not cached or the file has no entry yet."""
+        `features: cache`), or None when this modality is not cached or the file has no readable entry (a damaged
+        entry is reported, then recomputed and rewritten)."""
         from safetensors import safe_open
 
         if modality not in self.fingerprints:
@@ -57,9 +59,13 @@ class FeatureCache:
         entry = self._path(self.key(modality, sha256, preprocessing))
         if not entry.is_file():
             return None
-        with safe_open(str(entry), framework="pt") as handle:
-            provenance = json.loads(handle.metadata()["provenance"])
-            features = handle.get_tensor(FEATURES)
+        try:
+            with safe_open(str(entry), framework="pt") as handle:
+                provenance = json.loads(handle.metadata()["provenance"])
+                features = handle.get_tensor(FEATURES)
+        except Exception as error:  # noqa: BLE001 - any damage: the entry is derived data, recomputed and rewritten
+            warnings.warn(f"{entry}: unreadable feature cache entry for {path} ({error}); encoding again", stacklevel=2)
+            return None
         return MediaInput(modality, path, {FEATURES: features}, {**provenance, "path": path, "features": "cache"})
 
     def store(self, media: MediaInput, features: Tensor) -> None:
