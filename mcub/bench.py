@@ -377,7 +377,7 @@ def profile_run(model, data, settings, records_dir: Path, table: Path) -> dict[s
         for path in PROFILED_STAGES:
             delattr(*owner(path))
     averages = profiler.key_averages()
-    sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
     table.write_text(averages.table(sort_by=sort_by, row_limit=40) + "\n")
     return {
         event.key: {
