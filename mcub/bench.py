@@ -315,15 +315,14 @@ def end_to_end(shape_name: str, root: Path, samples: int, batch_size: int, worke
     model = ModelComposeModel.from_parts(Runtime(device, dtype_name), composition, llama, tokenizer, encoders)
     [task] = load_registry().resolve(["mcub-4"])
     data = load_task(task, DataPaths(data_root=data_root, download=False))
-    pin = device.startswith("cuda")
-    warm = RunSettings("paper", batch_size, workers, 128, limit=batch_size, pin_memory=pin)
+    warm = RunSettings("paper", batch_size, workers, 128, limit=batch_size, pin_memory=device.startswith("cuda"))
     run_task(model, data, warm, root / "warmup", Distributed(), progress=False)
     result = {"samples": samples, "batch_size": batch_size, "workers": workers}
-    result |= _timed_run(model, data, RunSettings("paper", batch_size, workers, 128, pin_memory=pin), root / "cold")
+    every = replace(warm, limit=None)
+    result |= _timed_run(model, data, every, root / "cold")
     model.feature_cache = FeatureCache(root / "features", {m: f"bench-random-{m}" for m in model.modalities})
-    run_task(model, data, replace(warm, limit=None), root / "priming", Distributed(), progress=False)
-    cached = _timed_run(model, data, RunSettings("paper", batch_size, workers, 128, pin_memory=pin), root / "cached")
-    result["warm_feature_cache"] = cached
+    run_task(model, data, every, root / "priming", Distributed(), progress=False)
+    result["warm_feature_cache"] = _timed_run(model, data, every, root / "cached")
     if profile is not None:
         model.feature_cache = None
         settings = replace(warm, limit=2 * batch_size)
@@ -401,7 +400,8 @@ def _timed_run(model, data, settings, records_dir: Path) -> dict[str, Any]:
     prepare = model.prepare
 
     def noting_prepare(samples, media):
-        first_batch.append(first_batch[0] if first_batch else time.perf_counter())
+        if not first_batch:
+            first_batch.append(time.perf_counter())
         return prepare(samples, media)
 
     model.prepare = noting_prepare

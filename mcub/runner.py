@@ -161,7 +161,7 @@ class SampleDataset:
     def _load(self, modality: Modality, path: str) -> MediaInput:
         """The cached features of the file, when the cache has them; else the decoded file."""
         name = self.preprocessing.get(modality) or preprocessing_names(modality)[0]
-        if self.feature_cache is None or modality not in self.feature_cache.fingerprints:
+        if self.feature_cache is None:
             return load_media(modality, path, name)
         check_file(path)
         digest = file_sha256(path)

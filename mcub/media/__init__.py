@@ -40,7 +40,7 @@ def load_media(
     """Decode `path` and apply a named preprocessing (default: the one the released checkpoints used); `sha256`
     is the file's content hash when the caller has it already."""
     module = importlib.import_module(_MODULES[modality])
-    name = preprocessing or next(iter(module.PREPROCESSING))
+    name = preprocessing or preprocessing_names(modality)[0]
     if name not in module.PREPROCESSING:
         raise ValueError(f"unknown {modality} preprocessing {name!r}; known: {', '.join(module.PREPROCESSING)}")
     tensors, provenance = module.PREPROCESSING[name](path)

@@ -198,10 +198,11 @@ class ModelComposeModel(Model):
         features: list[Tensor | None] = [
             item.tensors[FEATURES].to(device, non_blocking=True) if FEATURES in item.tensors else None for item in items
         ]
+        contents = [_content(item, index) for index, item in enumerate(items)]
         first_of: dict[tuple, int] = {}
         for index, found in enumerate(features):
             if found is None:
-                first_of.setdefault(_content(items[index], index), index)
+                first_of.setdefault(contents[index], index)
         missing = list(first_of.values())
         for indices in _same_shape(missing, lambda i: tuple(tuple(t.shape) for t in items[i].tensors.values())):
             stacked = {
@@ -215,7 +216,7 @@ class ModelComposeModel(Model):
                     self.feature_cache.store(items[index], encoded[position])
         for index, found in enumerate(features):
             if found is None:
-                features[index] = features[first_of[_content(items[index], index)]]
+                features[index] = features[first_of[contents[index]]]
         prefix, suffix = self.local_tokens[modality]
         outputs: list[Tensor | None] = [None] * len(items)
         for indices in _same_shape(range(len(items)), lambda i: tuple(features[i].shape)):
