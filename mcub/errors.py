@@ -26,3 +26,7 @@ class MediaError(McubError):
 
 class CheckpointError(McubError):
     """A weight file is missing, unreadable, or its keys do not match the module that should hold them."""
+
+
+class UnsupportedInput(McubError):
+    """A model cannot take a sample as it is (longer than its context, a modality it has no encoder for)."""

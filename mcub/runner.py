@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mcub.data import Sample, TaskData
-from mcub.errors import McubError, MediaError
+from mcub.errors import McubError, MediaError, UnsupportedInput
 from mcub.hashing import file_sha256
 from mcub.judge import JudgeConfig
 from mcub.media import MediaInput, check_file, load_media, preprocessing_names
@@ -254,17 +254,42 @@ def find_batch_size(model: Model, samples: list[Sample], data: TaskData, protoco
     dataset = SampleDataset.for_model(order, model)
     loaded = [dataset[index] for index in range(min(sizes[0], len(order)))]  # decoded once, for every probe
     for size in sizes:
-        ready = [item for item in loaded[:size] if item.error is None]
         try:
-            if ready:
-                prepared = model.prepare([item.sample for item in ready], [item.media for item in ready])
-                _answers(model, prepared, protocol, data.task, settings)
+            _probe(model, [item for item in loaded[:size] if item.error is None], protocol, data.task, settings)
         except torch.cuda.OutOfMemoryError:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             continue
         return size
     raise RunError(f"{data.task.name}: even one sample does not fit in GPU memory")
+
+
+def _probe(model: Model, items: list[LoadedSample], protocol: str, task: TaskSpec, settings: RunSettings) -> None:
+    """Run `items` as one batch, leaving out the samples the model refuses on their own (UnsupportedInput: the
+    run records them as errors, they say nothing about memory)."""
+    if not items:
+        return
+    try:
+        _answers(
+            model,
+            model.prepare([item.sample for item in items], [item.media for item in items]),
+            protocol,
+            task,
+            settings,
+        )
+    except UnsupportedInput:
+        accepted = [item for item in items if _accepted(model, item)]
+        if len(accepted) == len(items):
+            raise
+        _probe(model, accepted, protocol, task, settings)
+
+
+def _accepted(model: Model, item: LoadedSample) -> bool:
+    try:
+        model.prepare([item.sample], [item.media])
+    except UnsupportedInput:
+        return False
+    return True
 
 
 def length_sorted_batches(samples: list[Sample], batch_size: int) -> list[list[int]]:
@@ -366,6 +391,10 @@ def evaluate_batch(
             if settings.strict:
                 raise
             model_error = f"model error: {type(error).__name__}: {error}"
+    if model_error is not None and len(items) > 1:
+        # One sample's failure (too long, out of memory at this batch size) must not cost its batch-mates their
+        # answers: each is run again on its own, so an error lands only on the samples that cause it.
+        return [record for item in items for record in evaluate_batch(model, [item], data, protocol, settings)]
     model_s = (time.perf_counter() - start) / max(1, len(ready))
     by_id = {id(item): index for index, item in enumerate(ready)}
     records = []

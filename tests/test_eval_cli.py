@@ -182,3 +182,42 @@ def test_resume_redoes_records_made_on_other_task_data(tmp_path, capsys):
     records = _records(tmp_path / "results" / "random" / "d")
     assert len(records) == 5 and records[3]["gold"] == "C"
     assert len({r["answer_sha256"] for r in records}) == 1
+
+
+def test_a_sample_the_model_refuses_fails_alone_and_is_left_out_of_the_batch_probe(tmp_path, monkeypatch):
+    from mcub.data import DataPaths, load_task
+    from mcub.errors import UnsupportedInput
+    from mcub.models.base import Runtime
+    from mcub.runner import RunSettings, find_batch_size
+
+    assert _run(tmp_path, "--tasks", "mcub-sample", "--run-name", "plain") == 0
+    original = RandomModel.prepare
+    seen = []
+
+    def refusing(self, samples, media):
+        seen.append([sample.id for sample in samples])
+        if any(sample.id == "mcub-sample-2" for sample in samples):
+            raise UnsupportedInput("sample mcub-sample-2: 5000 positions: longer than the LLM's context of 4096")
+        return original(self, samples, media)
+
+    monkeypatch.setattr(RandomModel, "prepare", refusing)
+    assert _run(tmp_path, "--tasks", "mcub-sample", "--batch-size", "5", "--run-name", "refused") == 0
+    plain, refused = (_records(tmp_path / "results" / "random" / name) for name in ("plain", "refused"))
+    errors = {r["id"]: r["error"] for r in refused}
+    assert errors.pop("mcub-sample-2") == (
+        "model error: UnsupportedInput: sample mcub-sample-2: 5000 positions: longer than the LLM's context of 4096"
+    )
+    assert set(errors.values()) == {None}
+    assert [r["output"] for r in refused if r["id"] != "mcub-sample-2"] == [
+        r["output"] for r in plain if r["id"] != "mcub-sample-2"
+    ]
+    assert len(seen) == 6 and sorted(map(len, seen)) == [1, 1, 1, 1, 1, 5]  # the batch, then each sample alone
+
+    [task] = load_registry().resolve(["mcub-sample"])
+    data = load_task(task, DataPaths())
+    seen.clear()
+    assert find_batch_size(RandomModel(Runtime()), data.samples, data, "paper", RunSettings(batch_size=None)) == 4
+    probe, *alone, accepted = seen  # the costliest 4, each of them alone, then the 3 the model takes
+    assert len(probe) == 4 and "mcub-sample-2" in probe
+    assert alone == [[sample_id] for sample_id in probe]
+    assert accepted == [sample_id for sample_id in probe if sample_id != "mcub-sample-2"]

@@ -2,6 +2,7 @@
 strict loading, and the tiny-damc model end to end."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -307,3 +308,17 @@ def test_a_damaged_feature_cache_entry_is_reported_and_recomputed(tmp_path):
     assert torch.equal(loaded.tensors["features"], torch.ones(2, 3))
     assert loaded.provenance == {**media.provenance, "path": "y.png", "features": "cache"}
     assert cache.load("video", "y.png", "ab" * 32, "clip-336-pad") is None
+
+
+def test_an_input_longer_than_the_llm_context_is_refused_by_sample_id(tiny):
+    from mcub.errors import UnsupportedInput
+
+    model = _model(tiny, experts={"image": tiny["experts"]["image"], "audio": tiny["experts"]["audio"]})
+    samples, media = _image_audio_sample(model)
+    length = model.lm.pack(model.prepare(samples, media).inputs).embeddings.shape[1]
+    model.lm.llama.config.max_position_embeddings = length  # exactly full: accepted
+    model.prepare(samples, media)
+    model.lm.llama.config.max_position_embeddings = length - 1
+    message = f"sample 1: {length} positions: longer than the LLM's context of {length - 1} (max_position_embeddings)"
+    with pytest.raises(UnsupportedInput, match=re.escape(message)):
+        model.prepare(samples, media)

@@ -53,6 +53,11 @@ class ComposedLM:
     def dtype(self) -> torch.dtype:
         return self.llama.lm_head.weight.dtype
 
+    @property
+    def context_length(self) -> int:
+        """The positions the LLM was trained for (`max_position_embeddings`)."""
+        return self.llama.config.max_position_embeddings
+
     def pack(self, samples: Sequence[Sequence[Span]]) -> PackedBatch:
         """Embed and left-pad each sample's spans; record each span's rows under its route.
 

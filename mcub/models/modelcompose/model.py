@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from mcub.data import Sample
+from mcub.errors import UnsupportedInput
 from mcub.media import MediaInput
 from mcub.modalities import Modality
 from mcub.models.base import Model, ModelError, PreparedBatch, Runtime, Stop
@@ -165,12 +166,23 @@ class ModelComposeModel(Model):
                     text = []
                 modality, block = next(own_blocks)
                 if modality != token:
-                    raise ValueError(f"sample {sample.id}: a {token} placeholder meets {modality} media")
+                    raise UnsupportedInput(f"sample {sample.id}: a {token} placeholder meets {modality} media")
                 sample_spans.append(Span(self.composition.modalities[modality].route, embeddings=block))
             if text:
                 sample_spans.append(Span(LANGUAGE, token_ids=tuple(text)))
             spans.append(sample_spans)
+        self._check_context(samples, spans)
         return PreparedBatch(samples, prompts, spans)
+
+    def _check_context(self, samples: list[Sample], spans: list[list[Span]]) -> None:
+        """Refuse inputs longer than the LLM's context: rotary positions past it would run, but untrained."""
+        limit = self.lm.context_length
+        lengths = [sum(len(span) for span in sample_spans) for sample_spans in spans]
+        too_long = [f"sample {s.id}: {n} positions" for s, n in zip(samples, lengths, strict=True) if n > limit]
+        if too_long:
+            raise UnsupportedInput(
+                f"{'; '.join(too_long)}: longer than the LLM's context of {limit} (max_position_embeddings)"
+            )
 
     @torch.inference_mode()
     def _modality_blocks(
@@ -182,7 +194,7 @@ class ModelComposeModel(Model):
         for row, items in enumerate(media):
             for index, item in enumerate(items):
                 if item.modality not in self.encoders:
-                    raise ValueError(f"sample {samples[row].id}: this model has no {item.modality} encoder")
+                    raise UnsupportedInput(f"sample {samples[row].id}: this model has no {item.modality} encoder")
                 places.setdefault(item.modality, []).append((row, index))
         blocks: list[list[Any]] = [[None] * len(items) for items in media]
         for modality, where in sorted(places.items(), key=lambda item: ENCODING_ORDER.index(item[0])):
