@@ -31,6 +31,18 @@ def test_blind_prompts_have_no_media(tiny_llama):
     assert all("<" not in prompt for prompt in prompts)
 
 
+def test_a_prompt_longer_than_the_context_is_refused_by_sample_id(tiny_llama):
+    from mcub.errors import UnsupportedInput
+
+    model = BlindModel(str(tiny_llama), Runtime())
+    samples = _samples()
+    lengths = [len(ids) for ids in model.tokenizer(model.prepare(samples, [[], []]).prompts).input_ids]
+    model.model.config.max_position_embeddings = min(lengths)
+    with pytest.raises(UnsupportedInput, match=rf"^sample 1: {max(lengths)} positions: longer than .* {min(lengths)} "):
+        model.prepare(samples, [[], []])
+    model.prepare(samples[1:], [[]])
+
+
 def test_batched_generation_equals_one_by_one(tiny_llama):
     model = BlindModel(str(tiny_llama), Runtime())
     samples = _samples()

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mcub.data import Sample
-from mcub.errors import McubError
+from mcub.errors import McubError, UnsupportedInput
 from mcub.media import MediaInput
 from mcub.modalities import Modality
 from mcub.models.feature_cache import FeatureCache
@@ -77,6 +77,16 @@ class Model(ABC):
     @abstractmethod
     def describe(self) -> dict[str, Any]:
         """What identifies this model in a run summary: adapter, arguments, weights and their hashes."""
+
+
+def refuse_beyond_context(samples: list[Sample], lengths: list[int], limit: int) -> None:
+    """Raise UnsupportedInput naming every sample whose input positions exceed the LLM's context: positions past
+    `max_position_embeddings` would run (rotary embeddings extrapolate) but were never trained."""
+    too_long = [f"sample {s.id}: {n} positions" for s, n in zip(samples, lengths, strict=True) if n > limit]
+    if too_long:
+        raise UnsupportedInput(
+            f"{'; '.join(too_long)}: longer than the LLM's context of {limit} (max_position_embeddings)"
+        )
 
 
 class ModelSpec(BaseModel):

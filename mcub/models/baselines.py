@@ -9,7 +9,7 @@ from typing import Any
 from mcub.data import Sample
 from mcub.media import MediaInput
 from mcub.modalities import MODALITIES
-from mcub.models.base import Model, PreparedBatch, Runtime, Stop
+from mcub.models.base import Model, PreparedBatch, Runtime, Stop, refuse_beyond_context
 from mcub.prompts import strip_placeholders, vicuna_v1
 
 
@@ -77,7 +77,11 @@ class BlindModel(Model):
         self.model.to(runtime.device).eval()
 
     def prepare(self, samples: list[Sample], media: list[list[MediaInput]]) -> PreparedBatch:
-        return PreparedBatch(samples, [vicuna_v1(strip_placeholders(sample.prompt)) for sample in samples])
+        prompts = [vicuna_v1(strip_placeholders(sample.prompt)) for sample in samples]
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit is not None:
+            refuse_beyond_context(samples, [len(ids) for ids in self.tokenizer(prompts).input_ids], limit)
+        return PreparedBatch(samples, prompts)
 
     def generate(self, batch: PreparedBatch, max_new_tokens: int, stop: Stop = "eos") -> list[str]:
         import torch

@@ -14,7 +14,7 @@ from mcub.data import Sample
 from mcub.errors import UnsupportedInput
 from mcub.media import MediaInput
 from mcub.modalities import Modality
-from mcub.models.base import Model, ModelError, PreparedBatch, Runtime, Stop
+from mcub.models.base import Model, ModelError, PreparedBatch, Runtime, Stop, refuse_beyond_context
 from mcub.models.feature_cache import FEATURES, FeatureCache, weights_fingerprint
 from mcub.models.modelcompose.checkpoint import read_checkpoint
 from mcub.models.modelcompose.components import Component, resolve_components
@@ -171,18 +171,8 @@ class ModelComposeModel(Model):
             if text:
                 sample_spans.append(Span(LANGUAGE, token_ids=tuple(text)))
             spans.append(sample_spans)
-        self._check_context(samples, spans)
+        refuse_beyond_context(samples, [sum(map(len, sample_spans)) for sample_spans in spans], self.lm.context_length)
         return PreparedBatch(samples, prompts, spans)
-
-    def _check_context(self, samples: list[Sample], spans: list[list[Span]]) -> None:
-        """Refuse inputs longer than the LLM's context: rotary positions past it would run, but untrained."""
-        limit = self.lm.context_length
-        lengths = [sum(len(span) for span in sample_spans) for sample_spans in spans]
-        too_long = [f"sample {s.id}: {n} positions" for s, n in zip(samples, lengths, strict=True) if n > limit]
-        if too_long:
-            raise UnsupportedInput(
-                f"{'; '.join(too_long)}: longer than the LLM's context of {limit} (max_position_embeddings)"
-            )
 
     @torch.inference_mode()
     def _modality_blocks(
