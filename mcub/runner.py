@@ -270,13 +270,8 @@ def _probe(model: Model, items: list[LoadedSample], protocol: str, task: TaskSpe
     if not items:
         return
     try:
-        _answers(
-            model,
-            model.prepare([item.sample for item in items], [item.media for item in items]),
-            protocol,
-            task,
-            settings,
-        )
+        prepared = model.prepare([item.sample for item in items], [item.media for item in items])
+        _answers(model, prepared, protocol, task, settings)
     except UnsupportedInput:
         accepted = [item for item in items if _accepted(model, item)]
         if len(accepted) == len(items):
