@@ -386,7 +386,7 @@ def evaluate_batch(
             if settings.strict:
                 raise
             model_error = f"model error: {type(error).__name__}: {error}"
-    if model_error is not None and len(items) > 1:
+    if model_error is not None and len(ready) > 1:
         # One sample's failure (too long, out of memory at this batch size) must not cost its batch-mates their
         # answers: each is run again on its own, so an error lands only on the samples that cause it.
         return [record for item in items for record in evaluate_batch(model, [item], data, protocol, settings)]
