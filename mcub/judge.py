@@ -1,38 +1,29 @@
 """An LLM judge behind any OpenAI-compatible endpoint (a local server or a hosted API), pinned and audited:
 temperature 0, PointLLM's three judgement formats, retries with backoff, every request and reply returned for the
-records with the prompt's hash, judgements cached by (judge model, prompt hash). An unreachable judge or an
-unparseable judgement is reported as such; nothing falls back to another judge or to a random class."""
+records with the prompt's hash, judgements cached by (judge model, prompt hash), many asked at once with bounded
+concurrency. An unreachable judge or an unparseable judgement is reported as such; nothing falls back to another
+judge or to a random class."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from mcub.schema import JudgeConfig
+
 JUDGEMENTS = ("classification", "caption", "close-set")
-
-
-@dataclass(frozen=True)
-class JudgeConfig:
-    """Which judge, where, and how patiently. `api_key_file` holds a bearer token (none for local servers)."""
-
-    model: str
-    base_url: str
-    api_key_file: str | None = None
-    temperature: float = 0.0
-    max_tokens: int = 256
-    retries: int = 3
-    backoff_s: float = 1.0
-    timeout_s: float = 60.0
-    cache_dir: str | None = None
 
 
 @dataclass
@@ -94,8 +85,32 @@ def parse_verdict(kind: str, reply: str, reference: str, classes: Mapping[str, s
     return 100.0 if index >= 0 and keys[index] == reference else 0.0
 
 
+@dataclass(frozen=True)
+class JudgeRequest:
+    """One answer to judge: the judgement kind, the model's answer, the reference and, for close-set, the classes."""
+
+    kind: str
+    answer: str
+    reference: str
+    classes: Mapping[str, str] | None = None
+
+    @property
+    def prompt(self) -> str:
+        return judge_prompt(self.kind, self.answer, self.reference, self.classes)
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """What asking one prompt gave: the reply text or an error, after how many attempts, and whether from the cache."""
+
+    text: str | None
+    error: str | None
+    attempts: int
+    cached: bool
+
+
 class Judge:
-    """Asks the configured endpoint; see the module docstring."""
+    """Asks the configured endpoint; see the module docstring. Thread-safe: `judge_all` asks from worker threads."""
 
     def __init__(self, config: JudgeConfig):
         self.config = config
@@ -103,20 +118,37 @@ class Judge:
         self.cache = Path(config.cache_dir) if config.cache_dir else None
 
     def judge(self, kind: str, answer: str, reference: str, classes: Mapping[str, str] | None = None) -> Judgement:
-        prompt = judge_prompt(kind, answer, reference, classes)
-        digest = hashlib.sha256(prompt.encode()).hexdigest()
+        return self.judge_all([JudgeRequest(kind, answer, reference, classes)])[0]
+
+    def judge_all(self, requests: Sequence[JudgeRequest]) -> list[Judgement]:
+        """The judgements in request order, at most `config.concurrency` prompts asked at once; identical prompts
+        are asked once (each request's verdict is still parsed against its own reference)."""
+        prompts = [request.prompt for request in requests]
+        unique = list(dict.fromkeys(prompts))
+        workers = max(1, min(self.config.concurrency, len(unique)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            replies = dict(zip(unique, pool.map(self._reply, unique), strict=True))
+        return [self._judgement(r, prompt, replies[prompt]) for r, prompt in zip(requests, prompts, strict=True)]
+
+    def _judgement(self, request: JudgeRequest, prompt: str, reply: _Reply) -> Judgement:
+        text, error = reply.text, reply.error
+        verdict = parse_verdict(request.kind, text, request.reference, request.classes) if text is not None else None
+        if text is not None and verdict is None:
+            error = f"unparseable judgement for the {request.kind} format"
+        digest = _sha256(prompt)
+        return Judgement(
+            request.kind, self.config.model, digest, prompt, text, verdict, error, reply.attempts, reply.cached
+        )
+
+    def _reply(self, prompt: str) -> _Reply:
+        digest = _sha256(prompt)
         cached = self._cached(digest)
         if cached is not None:
-            reply, error, attempts, from_cache = cached, None, 0, True
-        else:
-            reply, error, attempts = self._ask(prompt)
-            from_cache = False
-            if reply is not None:
-                self._store(digest, reply)
-        verdict = parse_verdict(kind, reply, reference, classes) if reply is not None else None
-        if reply is not None and verdict is None:
-            error = f"unparseable judgement for the {kind} format"
-        return Judgement(kind, self.config.model, digest, prompt, reply, verdict, error, attempts, from_cache)
+            return _Reply(cached, None, 0, True)
+        text, error, attempts = self._ask(prompt)
+        if text is not None:
+            self._store(digest, text)
+        return _Reply(text, error, attempts, False)
 
     def _ask(self, prompt: str) -> tuple[str | None, str | None, int]:
         body = json.dumps({
@@ -155,19 +187,38 @@ class Judge:
         return self.cache / f"{key}.json"
 
     def _cached(self, digest: str) -> str | None:
+        """The cached reply; None when there is none or the entry is damaged (then it is asked again and rewritten)."""
         path = self._cache_path(digest)
         if path is None or not path.is_file():
             return None
-        return json.loads(path.read_text())["reply"]
+        try:
+            entry = json.loads(path.read_text())
+        except ValueError:
+            return None
+        reply = entry.get("reply") if isinstance(entry, dict) else None
+        return reply if isinstance(reply, str) else None
 
     def _store(self, digest: str, reply: str) -> None:
+        """Write the entry to a temporary file and rename it, so no reader or concurrent writer sees half of it."""
         path = self._cache_path(digest)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"model": self.config.model, "prompt_sha256": digest, "reply": reply}))
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "w") as file:
+                json.dump({"model": self.config.model, "prompt_sha256": digest, "reply": reply}, file)
+            os.replace(temporary, path)
+        except BaseException:
+            os.unlink(temporary)
+            raise
 
 
 @lru_cache(maxsize=4)
 def judge_for(config: JudgeConfig) -> Judge:
     """One Judge per configuration for a whole run (its key file is read once)."""
     return Judge(config)
+
+
+def _sha256(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode()).hexdigest()

@@ -2,69 +2,17 @@
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
 
 import pytest
 from conftest import write_objaverse
+from stub_judge import StubJudge
 
 from mcub.eval import main as eval_main
-from mcub.judge import Judge, JudgeConfig, parse_verdict
+from mcub.judge import Judge, JudgeRequest, judge_for, parse_verdict
+from mcub.schema import JudgeConfig
 
 CLASSES = {"0": "airplane", "8": "chair", "33": "table"}
-
-
-class StubJudge:
-    """Replies by keyword found in the prompt; `FAIL2` fails twice with HTTP 500, `DOWN` always does."""
-
-    def __init__(self, default_reply=None):
-        self.requests = []
-        self.failures = {}
-        self.default_reply = default_reply
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                stub.requests.append({"body": body, "authorization": self.headers.get("Authorization")})
-                status, reply = stub.reply(body["messages"][0]["content"])
-                if status != 200:
-                    self.send_response(status)
-                    self.end_headers()
-                    return
-                payload = (
-                    reply
-                    if isinstance(reply, bytes)
-                    else json.dumps({"choices": [{"message": {"content": reply}}]}).encode()
-                )
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def reply(self, prompt):
-        if "DOWN" in prompt:
-            return 500, None
-        if "FAIL2" in prompt:
-            self.failures[prompt] = self.failures.get(prompt, 0) + 1
-            if self.failures[prompt] <= 2:
-                return 500, None
-            return 200, "T#same object"
-        for keyword, reply in (("YES", "T, the same kind of object"), ("NO", "F, a different object"),
-                               ("SCORE", "85#type and parts match"), ("MALFORMED", "Probably similar?"),
-                               ("CLASS8", "1#chair#four legs and a back"), ("BROKEN", b"{not json")):  # fmt: skip
-            if keyword in prompt:
-                return 200, reply
-        return (200, self.default_reply) if self.default_reply else (404, None)
-
-    def close(self):
-        self.server.shutdown()
 
 
 @pytest.fixture
@@ -125,6 +73,88 @@ def test_judgements_are_cached_and_the_key_file_is_sent(stub, tmp_path):
     again = _judge(stub, cache_dir=str(tmp_path / "cache")).judge("caption", "SCORE a red chair", "a red chair")
     assert len(stub.requests) == 1 and stub.requests[0]["authorization"] == "Bearer secret-token"
     assert (again.cached, again.verdict, again.attempts, again.reply) == (True, 85.0, 0, first.reply)
+
+
+@pytest.fixture
+def slow_stub():
+    server = StubJudge(default_reply="70#close enough", delay_s=0.1)
+    yield server
+    server.close()
+
+
+def _captions(count):
+    return [JudgeRequest("caption", f"answer {index}", "a red chair") for index in range(count)]
+
+
+def test_one_judge_per_configuration():
+    config = JudgeConfig(model="judge-7b", base_url="http://127.0.0.1:9/v1")
+    assert judge_for(config) is judge_for(JudgeConfig(model="judge-7b", base_url="http://127.0.0.1:9/v1"))
+    assert judge_for(config) is not judge_for(config.model_copy(update={"concurrency": 2}))
+
+
+def test_judge_all_keeps_request_order_and_matches_judging_one_by_one(stub):
+    requests = [
+        JudgeRequest("classification", "YES a chair", "a wooden chair"),
+        JudgeRequest("caption", "SCORE a red chair", "a red chair"),
+        JudgeRequest("classification", "MALFORMED", "a chair"),
+        JudgeRequest("close-set", "CLASS8 a seat", "8", CLASSES),
+        JudgeRequest("classification", "NO a lamp", "a chair"),
+        JudgeRequest("close-set", "CLASS8 a seat", "33", CLASSES),
+        JudgeRequest("classification", "YES a chair", "a wooden chair"),
+    ]
+    one_by_one = [_judge(stub).judge(r.kind, r.answer, r.reference, r.classes) for r in requests]
+    asked = len(stub.requests)
+    together = _judge(stub, concurrency=4).judge_all(requests)
+    assert together == one_by_one
+    assert [j.verdict for j in together] == [100.0, 85.0, None, 100.0, 0.0, 0.0, 100.0]
+    prompts = [r["body"]["messages"][0]["content"] for r in stub.requests[asked:]]
+    assert sorted(prompts) == sorted({r.prompt for r in requests}) and len(prompts) == 5
+    assert _judge(stub).judge_all([]) == []
+
+
+def test_at_most_concurrency_requests_are_in_flight(slow_stub):
+    judgements = _judge(slow_stub, concurrency=3).judge_all(_captions(12))
+    assert slow_stub.most_in_flight == 3 and len(slow_stub.requests) == 12
+    assert [j.verdict for j in judgements] == [70.0] * 12
+
+
+def test_concurrent_judging_beats_serial_judging(slow_stub):
+    def timed(concurrency):
+        start = time.perf_counter()
+        judgements = _judge(slow_stub, concurrency=concurrency).judge_all(_captions(16))
+        return time.perf_counter() - start, judgements
+
+    serial, one_at_a_time = timed(1)
+    assert slow_stub.most_in_flight == 1
+    concurrent, eight_at_a_time = timed(8)
+    assert slow_stub.most_in_flight == 8 and concurrent < serial / 4
+    assert eight_at_a_time == one_at_a_time
+
+
+@pytest.mark.parametrize("damage", [b'{"reply": "85#half', b'{"reply": null}', b'["85#a list"]', b"", b"\xff\xfe"])
+def test_a_damaged_cache_entry_is_asked_again_and_rewritten(stub, tmp_path, damage):
+    cache = tmp_path / "cache"
+    first = _judge(stub, cache_dir=str(cache)).judge("caption", "SCORE a red chair", "a red chair")
+    (entry,) = cache.iterdir()
+    entry.write_bytes(damage)
+    again = _judge(stub, cache_dir=str(cache)).judge("caption", "SCORE a red chair", "a red chair")
+    assert (again.cached, again.attempts, again.verdict, again.error) == (False, 1, 85.0, None)
+    assert len(stub.requests) == 2 and list(cache.iterdir()) == [entry]
+    assert json.loads(entry.read_text())["reply"] == first.reply
+
+
+def test_concurrent_writers_leave_whole_cache_entries(stub, tmp_path):
+    requests = [JudgeRequest("caption", f"SCORE answer {index}", "a red chair") for index in range(16)]
+    judges = [_judge(stub, cache_dir=str(tmp_path / "cache")) for _ in range(4)]
+    threads = [threading.Thread(target=judge.judge_all, args=(requests,)) for judge in judges]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    entries = sorted((tmp_path / "cache").iterdir())
+    assert len(entries) == 16 and all(json.loads(e.read_text())["reply"] == "85#type and parts match" for e in entries)
+    replayed = _judge(stub, cache_dir=str(tmp_path / "cache")).judge_all(requests)
+    assert all(j.cached and j.verdict == 85.0 for j in replayed)
 
 
 def test_an_evaluation_stores_every_judgement(tmp_path):
