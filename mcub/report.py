@@ -6,7 +6,6 @@ name then carries the protocol and the first characters of the data hash."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from mcub.results import RunSummary, read_summary
@@ -42,7 +41,7 @@ def report_frame(run_dirs: list[Path], numeric: bool):
                 row.update({f"{label} acc": m.accuracy, f"{label} ci_low": m.ci_low, f"{label} ci_high": m.ci_high})
             else:
                 row[label] = "-" if m.accuracy is None else f"{m.accuracy:.2f} [{m.ci_low:.2f}, {m.ci_high:.2f}]"
-        rows[f"{summary.model.get('name', '?')} ({run_dir.name})"] = row
+        rows[f"{summary.model.name} ({run_dir.name})"] = row
     frame = pd.DataFrame.from_dict(rows, orient="index")
     frame.index.name = "run"
     return frame
@@ -73,10 +72,7 @@ def plot_runs(run_dirs: list[Path], path: Path):
     import matplotlib.pyplot as plt
 
     summaries = [read_summary(run_dir) for run_dir in run_dirs]
-    labels = [
-        f"{summary.model.get('name', '?')} ({run_dir.name})"
-        for summary, run_dir in zip(summaries, run_dirs, strict=True)
-    ]
+    labels = [f"{summary.model.name} ({run_dir.name})" for summary, run_dir in zip(summaries, run_dirs, strict=True)]
     tasks = list(dict.fromkeys(task for summary in summaries for task in summary.tasks))
     figure, (by_task, by_combination) = plt.subplots(2, 1, figsize=(max(8.0, 0.7 * len(tasks) + 3), 9))
     width = 0.8 / max(1, len(summaries))
@@ -112,24 +108,26 @@ def plot_runs(run_dirs: list[Path], path: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mcub.report", description=__doc__)
+    from mcub.cli import run_command
+
+    parser = argparse.ArgumentParser(prog="mcub report", description=__doc__)
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (each holds summary.json)")
     parser.add_argument("--format", choices=["md", "csv", "html", "latex"], default="md")
     parser.add_argument("--output", type=Path, help="write the table here instead of printing it")
     parser.add_argument("--plot", type=Path, help="also draw accuracy per task and per input combination (PNG)")
     args = parser.parse_args(argv)
-    try:
+
+    def command() -> int:
         text = render(report_frame(args.runs, numeric=args.format == "csv"), args.format)
         if args.plot:
             plot_runs(args.runs, args.plot)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if args.output:
-        args.output.write_text(text + "\n", encoding="utf-8")
-    else:
-        print(text)
-    return 0
+        if args.output:
+            args.output.write_text(text + "\n", encoding="utf-8")
+        else:
+            print(text)
+        return 0
+
+    return run_command(command)
 
 
 if __name__ == "__main__":

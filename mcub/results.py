@@ -1,79 +1,32 @@
-"""Runs on disk: the record and summary schemas, append-only record logs that survive crashes, run
-directories, and result tables."""
+"""Run directories: append-only record logs that survive crashes, record and summary files written atomically and
+read strictly against the schema, the run's request and identity (what resuming must match), result tables."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ValidationError
 
-from mcub.scoring import GroupMetrics, TaskMetrics
+from mcub.errors import McubError
+from mcub.schema import SCHEMA_VERSION, Environment, Record, RunSummary
 
-SCHEMA_VERSION = 1
 DEFAULT_OUTPUT_DIR = Path("results")
+IDENTITY_FILE = "run.json"
+REQUEST_FILE = "run.yaml"
 
 
-class Record(BaseModel):
-    """One sample's result: what was asked, what came back, how it was read, and what the media were."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    task: str
-    id: str
-    question_index: int
-    condition: str = "default"
-    protocol: str
-    question_sha256: str
-    answer_sha256: str
-    prompt_sha256: str | None
-    options: dict[str, str]
-    gold: str
-    output: str | None
-    extracted: str | None
-    extraction: str | None
-    unparseable: bool
-    option_logliks: dict[str, float] | None
-    scores: dict[str, float] | None = None
-    judgement: dict[str, Any] | None = None
-    correct: bool | None
-    error: str | None
-    media: list[dict[str, Any]]
-    meta: dict[str, Any]
-    timing: dict[str, float]
+class RunFileError(McubError):
+    """A run directory, summary or record file cannot be read as mcub wrote it."""
 
 
-class TaskSummary(BaseModel):
-    """A task as run: its definition's scoring, its data files and their hashes, and its metrics."""
-
-    task: str
-    family: str
-    protocol: str
-    paper_match: str | None
-    question_file: str
-    answer_file: str
-    question_sha256: str
-    answer_sha256: str
-    data_problems: list[str]
-    metrics: TaskMetrics
-
-
-class RunSummary(BaseModel):
-    """`summary.json`: everything a reader needs to trust, reproduce and compare a run."""
-
-    schema_version: int = SCHEMA_VERSION
-    harness_version: str
-    git_revision: str | None
-    created: str
-    model: dict[str, Any]
-    settings: dict[str, Any]
-    environment: dict[str, Any]
-    tasks: dict[str, TaskSummary]
-    groups: dict[str, GroupMetrics]
-    skipped: dict[str, str]
+def record_line(record: Record) -> str:
+    """One record as its JSONL line (keys sorted, UTF-8 kept)."""
+    return json.dumps(record.model_dump(mode="json"), ensure_ascii=False, sort_keys=True) + "\n"
 
 
 class RecordLog:
@@ -85,9 +38,8 @@ class RecordLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._handle = path.open("a", encoding="utf-8")
 
-    def append(self, records: list[dict[str, Any]]) -> None:
-        for record in records:
-            self._handle.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+    def append(self, records: Iterable[Record]) -> None:
+        self._handle.write("".join(record_line(record) for record in records))
         self._handle.flush()
 
     def close(self) -> None:
@@ -96,12 +48,23 @@ class RecordLog:
         self._handle.close()
 
 
-def read_records(path: Path, repair: bool = True) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Records by id, and a note for every damaged line; with `repair`, damaged lines are cut out of the file
-    (a crash can leave a half-written last line; its sample is simply done again)."""
+def parse_record(line: str, path: Path, number: int) -> Record:
+    """A record line validated against the schema; a line that does not validate is an error naming file and line."""
+    try:
+        return Record.model_validate_json(line)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "record"
+        raise RunFileError(f"{path}:{number}: not a valid record ({where}: {first['msg']})") from None
+
+
+def read_records(path: Path, repair: bool = True) -> tuple[dict[str, Record], list[str]]:
+    """Records by id, and a note for every damaged line (one that is not JSON: a crash can leave a half-written
+    last line; its sample is simply done again); with `repair`, damaged lines are cut out of the file. A line that
+    is JSON but not a valid record is an error."""
     if not path.is_file():
         return {}, []
-    records: dict[str, dict[str, Any]] = {}
+    records: dict[str, Record] = {}
     damaged: list[str] = []
     good_lines: list[str] = []
     raw = path.read_text(encoding="utf-8", errors="replace")
@@ -109,41 +72,76 @@ def read_records(path: Path, repair: bool = True) -> tuple[dict[str, dict[str, A
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or "id" not in record:
-                raise ValueError("not a record")
+            value = json.loads(line)
         except ValueError:
+            value = None
+        if not isinstance(value, dict):
             damaged.append(f"{path}:{number}: damaged record ({len(line)} bytes) dropped; its sample is redone")
             continue
-        records[record["id"]] = record
+        record = parse_record(line, path, number)
+        records[record.id] = record
         good_lines.append(line)
     if repair and (damaged or (raw and not raw.endswith("\n"))):
-        temporary = path.with_suffix(".repair")
-        temporary.write_text("".join(line + "\n" for line in good_lines), encoding="utf-8")
-        temporary.replace(path)
+        write_atomically(path, "".join(line + "\n" for line in good_lines))
     return records, damaged
 
 
-def write_records(path: Path, records: list[dict[str, Any]]) -> None:
-    """Write records (atomically) in question order."""
-    ordered = sorted(records, key=lambda record: record["question_index"])
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(
-        "".join(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n" for record in ordered), encoding="utf-8"
-    )
+def write_atomically(path: Path, text: str) -> None:
+    """Write a file so that a reader sees the old content or the new, never half of it."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with temporary.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
     temporary.replace(path)
 
 
+def write_records(path: Path, records: Iterable[Record]) -> None:
+    """Write records (atomically) in question order."""
+    ordered = sorted(records, key=lambda record: record.question_index)
+    write_atomically(path, "".join(record_line(record) for record in ordered))
+
+
+def consolidate_records(records_dir: Path, task_name: str) -> list[str]:
+    """Fold every rank's part file of a task into `<task>.jsonl` (one record per id), repairing damaged lines."""
+    main_file = records_dir / f"{task_name}.jsonl"
+    merged, notes = read_records(main_file)
+    parts = sorted(records_dir.glob(f"{task_name}.rank*.jsonl"))
+    for part in parts:
+        records, damaged = read_records(part)
+        merged.update(records)
+        notes += damaged
+    if parts or notes or not main_file.exists():
+        records_dir.mkdir(parents=True, exist_ok=True)
+        write_records(main_file, merged.values())
+        for part in parts:
+            part.unlink()
+    return notes
+
+
 def write_summary(run_dir: Path, summary: RunSummary) -> None:
-    (run_dir / "summary.json").write_text(summary.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    (run_dir / "table.md").write_text(summary_table(summary) + "\n", encoding="utf-8")
+    write_atomically(run_dir / "summary.json", summary.model_dump_json(indent=2) + "\n")
+    write_atomically(run_dir / "table.md", summary_table(summary) + "\n")
 
 
 def read_summary(run_dir: Path) -> RunSummary:
+    """A run's summary, validated; an older or newer schema, or a summary that does not validate, is an error."""
     path = run_dir / "summary.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no summary.json (is {run_dir} a run directory?)")
-    return RunSummary.model_validate_json(path.read_text(encoding="utf-8"))
+        raise RunFileError(f"{run_dir}: not a run directory (no summary.json)")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise RunFileError(f"{path}: not JSON ({error})") from None
+    version = raw.get("schema_version") if isinstance(raw, dict) else None
+    if version != SCHEMA_VERSION:
+        raise RunFileError(f"{path}: schema version {version!r}; this mcub reads version {SCHEMA_VERSION}")
+    try:
+        return RunSummary.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise RunFileError(f"{path}: not a valid run summary ({where}: {first['msg']})") from None
 
 
 def _percent(value: float | None) -> str:
@@ -187,24 +185,24 @@ def git_revision() -> str | None:
     return result.stdout.strip() or None if result.returncode == 0 else None
 
 
-def environment() -> dict[str, Any]:
+def environment() -> Environment:
+    """Python, platform, torch and transformers versions (read from the installed metadata), the GPU."""
     import platform
+    from importlib.metadata import PackageNotFoundError, version
 
     import torch
 
-    info: dict[str, Any] = {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-    }
     try:
-        import transformers
-
-        info["transformers"] = transformers.__version__
-    except ImportError:
-        info["transformers"] = None
-    info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return info
+        transformers = version("transformers")
+    except PackageNotFoundError:
+        transformers = None
+    return Environment(
+        python=sys.version.split()[0],
+        platform=platform.platform(),
+        torch=torch.__version__,
+        transformers=transformers,
+        gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    )
 
 
 def new_run_name() -> str:
@@ -218,61 +216,96 @@ def resume_run_dir(output_dir: Path, model: str, run_name: str | None) -> Path:
     model_dir = output_dir / model
     if run_name is not None:
         run_dir = model_dir / run_name
-        if not (run_dir / "run.json").is_file():
-            raise FileNotFoundError(f"{run_dir}: no run to resume (no run.json)")
+        if not (run_dir / IDENTITY_FILE).is_file():
+            raise RunFileError(f"{run_dir}: no run to resume (no {IDENTITY_FILE})")
         return run_dir
-    runs = sorted(path.parent for path in model_dir.glob("*/run.json"))
+    runs = sorted(path.parent for path in model_dir.glob(f"*/{IDENTITY_FILE}"))
     if not runs:
-        raise FileNotFoundError(f"{model_dir}: no earlier run of {model} to resume")
+        raise RunFileError(f"{model_dir}: no earlier run of {model} to resume")
     return runs[-1]
 
 
-def start_run(run_dir: Path, identity: dict[str, Any], resume: bool) -> None:
-    """Write `run.json` for a new run, or check that a resumed run was started with the same identity."""
-    path = run_dir / "run.json"
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys (`scoring.judge.model`), so that a difference names the leaf that changed."""
+    if isinstance(value, dict) and value:
+        return {key: leaf for name, item in value.items() for key, leaf in _flat(item, f"{prefix}{name}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def identity_differences(earlier: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """`key: old then, new now` for every leaf of two identities that differs."""
+    old, new = _flat(earlier), _flat(now)
+    return [f"{key}: {old.get(key)!r} then, {new.get(key)!r} now" for key in dict.fromkeys([*new, *old])
+            if old.get(key) != new.get(key)]  # fmt: skip
+
+
+def start_run(run_dir: Path, identity: dict[str, Any], request_yaml: str, resume: bool) -> None:
+    """For a new run, write its identity (`run.json`) and resolved request (`run.yaml`); for a resumed run, check
+    that it was started with the same identity (every difference is named)."""
+    path = run_dir / IDENTITY_FILE
     if resume:
-        earlier = json.loads(path.read_text(encoding="utf-8"))
-        changed = {key: (earlier.get(key), value) for key, value in identity.items() if earlier.get(key) != value}
-        if changed:
-            listing = "; ".join(f"{key}: {old!r} then, {new!r} now" for key, (old, new) in changed.items())
-            raise ValueError(f"{run_dir}: cannot resume a run started with other settings ({listing})")
+        check_identity(run_dir, identity)
         return
     if path.exists():
-        raise FileExistsError(f"{run_dir}: already holds a run; use --resume or another --run-name")
+        raise RunFileError(f"{run_dir}: already holds a run; use --resume or another --run-name")
     run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_atomically(path, json.dumps(identity, indent=2, sort_keys=True) + "\n")
+    write_atomically(run_dir / REQUEST_FILE, request_yaml)
+
+
+def check_identity(run_dir: Path, identity: dict[str, Any]) -> None:
+    """A RunFileError naming every difference between the run's recorded identity and `identity`. Weights are
+    compared once known (`weights` None: not hashed yet); a run recorded before its weights were hashed gets them."""
+    path = run_dir / IDENTITY_FILE
+    earlier = json.loads(path.read_text(encoding="utf-8"))
+    now = {key: value for key, value in identity.items() if not (key == "weights" and value is None)}
+    then = {key: earlier.get(key) for key in now}
+    fill = "weights" in now and earlier.get("weights") is None
+    if fill:
+        then["weights"] = now["weights"]
+    changes = identity_differences(then, now)
+    if changes:
+        raise RunFileError(f"{run_dir}: cannot resume a run started with other settings ({'; '.join(changes)})")
+    if fill:
+        write_atomically(path, json.dumps({**earlier, "weights": now["weights"]}, indent=2, sort_keys=True) + "\n")
 
 
 class RunFiles:
-    """A run directory read strictly: its summary and every task's records by id (duplicates are an error)."""
+    """A run directory read strictly: its summary and every task's records by id (duplicates are an error). With
+    `collect_invalid`, records that do not validate are listed by id in `invalid` instead of failing the read."""
 
-    def __init__(self, run_dir: Path):
-        if not (run_dir / "summary.json").is_file():
-            raise ValueError(f"{run_dir}: not a run directory (no summary.json)")
-        raw = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-        version = raw.get("schema_version") if isinstance(raw, dict) else None
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
-            raise ValueError(
-                f"{run_dir}/summary.json: schema version {version!r}; this mcub reads versions up to {SCHEMA_VERSION}"
-            )
+    def __init__(self, run_dir: Path, collect_invalid: bool = False):
         self.run_dir = run_dir
-        self.summary = RunSummary.model_validate(raw)
-        self.records: dict[str, dict[str, dict[str, Any]]] = {}
-        for task in self.summary.tasks:
-            self.records[task] = read_unique_records(run_dir / "records" / f"{task}.jsonl")
+        self.summary = read_summary(run_dir)
+        self.invalid: dict[str, list[str]] = {task: [] for task in self.summary.tasks}
+        self.records: dict[str, dict[str, Record]] = {
+            task: read_unique_records(
+                run_dir / "records" / f"{task}.jsonl", self.invalid[task] if collect_invalid else None
+            )
+            for task in self.summary.tasks
+        }
 
 
-def read_unique_records(path: Path) -> dict[str, dict[str, Any]]:
-    """Records by id; a missing file, a damaged line or a repeated id is an error naming the file and line."""
+def read_unique_records(path: Path, invalid: list[str] | None = None) -> dict[str, Record]:
+    """Records by id; a missing file, a damaged line, a repeated id, or (without an `invalid` list to collect their
+    ids in) a line that is not a valid record is an error naming file and line."""
     if not path.is_file():
-        raise ValueError(f"{path}: no records file")
-    records: dict[str, dict[str, Any]] = {}
+        raise RunFileError(f"{path}: no records file")
+    records: dict[str, Record] = {}
+    seen: set[str] = set()
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         try:
-            record = json.loads(line)
+            value = json.loads(line)
         except json.JSONDecodeError:
-            raise ValueError(f"{path}:{number}: damaged record") from None
-        if record["id"] in records:
-            raise ValueError(f"{path}:{number}: id {record['id']!r} is recorded twice")
-        records[record["id"]] = record
+            raise RunFileError(f"{path}:{number}: damaged record") from None
+        record_id = str(value.get("id")) if isinstance(value, dict) else f"line {number}"
+        if record_id in seen:
+            raise RunFileError(f"{path}:{number}: id {record_id!r} is recorded twice")
+        seen.add(record_id)
+        try:
+            records[record_id] = parse_record(line, path, number)
+        except RunFileError:
+            if invalid is None:
+                raise
+            invalid.append(record_id)
     return records

@@ -1,5 +1,5 @@
-"""Scoring: the authors' post-processing and EvalAI normalisation, one answer extractor, per-sample outcomes
-under the three protocols, and metrics (accuracy over all gold items, bootstrap intervals, breakdowns)."""
+"""Scoring functions: the authors' post-processing and EvalAI normalisation, one answer extractor, per-sample
+outcomes of the choice protocols, and metrics (accuracy over all gold items, bootstrap intervals, breakdowns)."""
 
 from __future__ import annotations
 
@@ -7,25 +7,12 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
+from mcub.schema import Accuracy, GroupMetrics, MeanScore, Outcome, Record, TaskMetrics
 
 AUTHORS_STOP = "</s>"
 BOOTSTRAP_RESAMPLES = 2000
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How one output was read: the answer taken from it, by which rule, and whether it is right."""
-
-    extracted: str | None
-    method: str
-    correct: bool | None
-    unparseable: bool
-    scores: dict[str, float] | None = None
-    judgement: dict[str, Any] | None = None
 
 
 # --- the authors' reading of an output -------------------------------------------------------------------
@@ -205,45 +192,6 @@ def score_loglik(option_logliks: Mapping[str, float], gold: str) -> Outcome:
 # --- metrics ----------------------------------------------------------------------------------------------
 
 
-class Accuracy(BaseModel):
-    """Accuracy in percent over `n` items, with a 95% bootstrap interval (None when n is 0)."""
-
-    n: int
-    correct: int
-    accuracy: float | None
-    ci_low: float | None
-    ci_high: float | None
-
-
-class MeanScore(BaseModel):
-    """The mean of a per-item score (percent) over `n` items, with a 95% bootstrap interval."""
-
-    n: int
-    mean: float | None
-    ci_low: float | None
-    ci_high: float | None
-
-
-class TaskMetrics(Accuracy):
-    """A task's accuracy over all its gold items (None for open answers with no right or wrong), its open-answer
-    scores, and what kept items from being answered."""
-
-    unparseable: int
-    missing: int
-    errors: int
-    breakdown: dict[str, dict[str, Accuracy]] = {}
-    scores: dict[str, MeanScore] = {}
-    failed_judgements: int = 0
-
-
-class GroupMetrics(BaseModel):
-    """A group's pooled (micro) accuracy over all items and its mean of task accuracies (macro)."""
-
-    tasks: list[str]
-    micro: Accuracy
-    macro: Accuracy
-
-
 def bootstrap_accuracy(counts: Iterable[tuple[int, int]], seed: int) -> tuple[float, float] | None:
     """95% percentile bootstrap interval of the mean of per-group accuracies (one group: plain accuracy).
 
@@ -272,36 +220,38 @@ def accuracy(n: int, correct: int, seed: int) -> Accuracy:
 
 
 def task_metrics(
-    gold_ids: Iterable[str], records: Mapping[str, Mapping[str, Any]], breakdown: Iterable[str], seed: int
+    gold_ids: Iterable[str], records: Mapping[str, Record], breakdown: Iterable[str], seed: int
 ) -> TaskMetrics:
     """Metrics over every gold id: a missing record, an error or an unparseable answer counts as wrong."""
     gold_ids = list(gold_ids)
     present = [records[sample_id] for sample_id in gold_ids if sample_id in records]
-    correct = sum(1 for record in present if record["correct"])
-    judged = not present or any(record["correct"] is not None for record in present)
+    correct = sum(1 for record in present if record.correct)
+    judged = not present or any(record.correct is not None for record in present)
     cells: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     for sample_id in gold_ids:
         record = records.get(sample_id)
         for field in breakdown:
-            value = (record or {}).get("meta", {}).get(field)
-            if record is not None and value is not None:
+            value = record.meta.get(field) if record is not None else None
+            if value is not None:
                 cell = cells[field][breakdown_label(value)]
                 cell[0] += 1
-                cell[1] += int(bool(record["correct"]))
+                cell[1] += int(bool(record.correct))
     overall = accuracy(len(gold_ids), correct, seed)
     if not judged:
         overall = Accuracy(n=len(gold_ids), correct=0, accuracy=None, ci_low=None, ci_high=None)
-    names = list(dict.fromkeys(name for record in present for name in (record.get("scores") or {})))
+    names = list(dict.fromkeys(name for record in present for name in (record.scores or {})))
+
+    def score(sample_id: str, name: str) -> float:
+        record = records.get(sample_id)
+        return ((record.scores or {}).get(name) if record is not None else None) or 0.0
+
     return TaskMetrics(
         **overall.model_dump(),
-        scores={
-            name: mean_score([(records.get(i) or {}).get("scores", {}).get(name, 0.0) or 0.0 for i in gold_ids], seed)
-            for name in names
-        },
-        unparseable=sum(1 for record in present if record.get("unparseable") and not record.get("error")),
-        failed_judgements=sum(1 for record in present if (record.get("judgement") or {}).get("error")),
+        scores={name: mean_score([score(i, name) for i in gold_ids], seed) for name in names},
+        unparseable=sum(1 for record in present if record.unparseable and not record.error),
+        failed_judgements=sum(1 for record in present if (record.judgement or {}).get("error")),
         missing=len(gold_ids) - len(present),
-        errors=sum(1 for record in present if record.get("error")),
+        errors=sum(1 for record in present if record.error),
         breakdown={
             field: {label: accuracy(n, hits, seed) for label, (n, hits) in sorted(values.items())}
             for field, values in cells.items()

@@ -17,7 +17,6 @@ TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
 BUNDLED_DATA_ROOT = Path(__file__).resolve().parent / "sample_data" / "data"
 
 AnswerType = Literal["letter", "text", "class"]
-Protocol = Literal["paper", "generate", "loglik", "open"]
 FileFormat = Literal["reference", "pointllm"]
 PaperMatch = Literal["first-character", "evalai-exact"]
 
@@ -37,7 +36,8 @@ class TaskSpec(BaseModel):
     hub_dataset: str | None = None
     bundled: bool = False
     answer_type: AnswerType
-    protocol: Protocol
+    protocol: str
+    """The protocol the task runs under by default (a name of mcub.protocols)."""
     paper_match: PaperMatch | None = None
     breakdown: tuple[str, ...] = ()
     options: dict[str, str] | None = None
@@ -51,8 +51,14 @@ class TaskSpec(BaseModel):
     def _consistent(self) -> TaskSpec:
         if self.format == "pointllm" and not (self.prompt and self.point_file):
             raise ValueError("a pointllm-format task needs `prompt` and `point_file`")
-        if self.protocol == "open" and not self.metrics:
-            raise ValueError("the open protocol needs `metrics`")
+        from mcub.protocols import ProtocolError, get_protocol
+
+        try:
+            reason = get_protocol(self.protocol).refusal(self)
+        except ProtocolError as error:
+            raise ValueError(str(error)) from None
+        if reason is not None:
+            raise ValueError(f"task {self.name} {reason}")
         return self
 
     @field_validator("metrics")

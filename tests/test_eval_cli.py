@@ -4,8 +4,9 @@ import pytest
 
 from mcub.eval import main as eval_main
 from mcub.models.baselines import RandomModel
-from mcub.results import Record, read_summary
-from mcub.runner import SampleDataset
+from mcub.results import read_summary
+from mcub.runner.loading import SampleDataset
+from mcub.schema import Record
 from mcub.tasks import BUNDLED_DATA_ROOT, load_registry
 
 
@@ -30,7 +31,7 @@ def test_random_on_the_sample_writes_a_run_and_resume_does_no_model_work(tmp_pat
     assert "| mcub-sample | paper | 5 |" in out
     run_dir = tmp_path / "results" / "random" / "first"
     assert f"run directory: {run_dir}" in out
-    assert {p.name for p in run_dir.iterdir()} == {"run.json", "summary.json", "table.md", "records"}
+    assert {p.name for p in run_dir.iterdir()} == {"run.json", "run.yaml", "summary.json", "table.md", "records"}
     records = _records(run_dir)
     assert [r["id"] for r in records] == [f"mcub-sample-{i}" for i in range(5)]
     for record in records:
@@ -41,7 +42,7 @@ def test_random_on_the_sample_writes_a_run_and_resume_does_no_model_work(tmp_pat
     metrics = summary.tasks["mcub-sample"].metrics
     assert metrics.correct == sum(r["correct"] for r in records) and metrics.n == 5
     assert metrics.accuracy == 100 * metrics.correct / 5
-    assert summary.model["name"] == "random" and summary.settings["seed"] == 0
+    assert summary.model.name == "random" and summary.settings.seed == 0
     assert summary.tasks["mcub-sample"].question_sha256 == records[0]["question_sha256"]
     assert (run_dir / "table.md").read_text().startswith("| task | protocol |")
 
@@ -104,8 +105,17 @@ def test_bad_names_and_arguments_are_clear_errors(tmp_path, capsys, args, messag
     assert message in capsys.readouterr().err
 
 
+def _audio_only_random(monkeypatch):
+    """`random` declared with the audio modality only."""
+    from mcub.models import base
+
+    specs = base.load_model_specs()
+    audio_only = specs["random"].model_copy(update={"modalities": ("audio",)})
+    monkeypatch.setattr(base, "load_model_specs", lambda *args: {**specs, "random": audio_only})
+
+
 def test_a_model_without_a_modality_skips_or_refuses(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(RandomModel, "modalities", frozenset({"audio"}))
+    _audio_only_random(monkeypatch)
     assert _run(tmp_path, "--tasks", "mcub-sample") == 2
     assert "cannot run mcub-sample: model random lacks image, point, video" in capsys.readouterr().err
     assert _run(tmp_path, "--no-download", "--data-root", str(tmp_path), "--run-name", "all") == 0
@@ -136,10 +146,19 @@ def test_list_models(capsys):
     assert "random" in out and "blind-vicuna" in out and "blind" in out
 
 
+def _paper_query(task):
+    from mcub.models.base import Runtime
+    from mcub.protocols import get_protocol
+    from mcub.runner.loop import Query
+
+    protocol = get_protocol("paper")
+    return RandomModel(Runtime()), Query(task, protocol, protocol.decoding(task, 128))
+
+
 def test_auto_batch_size_takes_the_largest_that_fits(tmp_path, monkeypatch, capsys):
     import torch
 
-    from mcub.runner import find_batch_size
+    from mcub.runner.batching import find_batch_size
 
     sizes = []
     original = RandomModel.generate
@@ -152,15 +171,14 @@ def test_auto_batch_size_takes_the_largest_that_fits(tmp_path, monkeypatch, caps
 
     monkeypatch.setattr(RandomModel, "generate", limited)
     from mcub.data import DataPaths, load_task
-    from mcub.models.base import Runtime
-    from mcub.runner import RunSettings
 
     [task] = load_registry().resolve(["mcub-sample"])
     data = load_task(task, DataPaths())
     fetched = []
     fetch = SampleDataset.__getitem__
     monkeypatch.setattr(SampleDataset, "__getitem__", lambda self, index: fetched.append(index) or fetch(self, index))
-    assert find_batch_size(RandomModel(Runtime()), data.samples, data, "paper", RunSettings(batch_size=None)) == 2
+    model, query = _paper_query(task)
+    assert find_batch_size(model, data.samples, lambda items: query.answer_batch(model, items)) == 2
     assert sizes == [4, 2]  # 5 samples: the probe starts at the largest candidate size below 5
     assert fetched == [0, 1, 2, 3]  # the probe's samples are decoded once for every size tried
     assert _run(tmp_path, "--tasks", "mcub-sample", "--batch-size", "auto", "--run-name", "a") == 0
@@ -187,8 +205,7 @@ def test_resume_redoes_records_made_on_other_task_data(tmp_path, capsys):
 def test_a_sample_the_model_refuses_fails_alone_and_is_left_out_of_the_batch_probe(tmp_path, monkeypatch):
     from mcub.data import DataPaths, load_task
     from mcub.errors import UnsupportedInput
-    from mcub.models.base import Runtime
-    from mcub.runner import RunSettings, find_batch_size
+    from mcub.runner.batching import find_batch_size
 
     assert _run(tmp_path, "--tasks", "mcub-sample", "--run-name", "plain") == 0
     original = RandomModel.prepare
@@ -216,7 +233,8 @@ def test_a_sample_the_model_refuses_fails_alone_and_is_left_out_of_the_batch_pro
     [task] = load_registry().resolve(["mcub-sample"])
     data = load_task(task, DataPaths())
     seen.clear()
-    assert find_batch_size(RandomModel(Runtime()), data.samples, data, "paper", RunSettings(batch_size=None)) == 4
+    model, query = _paper_query(task)
+    assert find_batch_size(model, data.samples, lambda items: query.answer_batch(model, items)) == 4
     probe, *alone, accepted = seen  # the costliest 4, each of them alone, then the 3 the model takes
     assert len(probe) == 4 and "mcub-sample-2" in probe
     assert alone == [[sample_id] for sample_id in probe]

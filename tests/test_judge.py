@@ -183,11 +183,15 @@ def test_an_evaluation_stores_every_judgement(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     metrics = summary["tasks"]["objaverse-cls"]["metrics"]
     assert metrics["scores"]["judge"]["mean"] == 100.0 and metrics["failed_judgements"] == 0
-    assert summary["settings"]["judge"]["model"] == "judge-7b" and summary["settings"]["judge"]["temperature"] == 0.0
+    assert summary["scoring"]["judge"]["model"] == "judge-7b" and summary["scoring"]["judge"]["temperature"] == 0.0
 
 
 def test_judge_configuration_from_yaml_and_flags(tmp_path):
-    from mcub.eval import _judge_config, build_parser
+    from mcub.eval import build_parser, request_values
+    from mcub.request import EvalRequest
+
+    def _judge_config(args):
+        return EvalRequest.build({"model": "random", **request_values(args)[0]}, "flags").scoring.judge
 
     config = tmp_path / "judge.yaml"
     config.write_text("model: judge-7b\nbase_url: http://127.0.0.1:8000/v1\nretries: 5\n")

@@ -111,7 +111,11 @@ def test_bootstrap_is_seeded_binomial_and_brackets_the_estimate():
 
 
 def _record(correct, unparseable=False, error=None, **meta):
-    return {"correct": correct, "unparseable": unparseable, "error": error, "meta": meta}
+    from run_factory import record
+
+    return record("t", 0, True).model_copy(
+        update={"correct": correct, "unparseable": unparseable, "error": error, "meta": meta}
+    )
 
 
 def test_task_metrics_count_every_gold_item():

@@ -4,30 +4,30 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from mcub.data import Sample
 from mcub.errors import McubError, UnsupportedInput
 from mcub.media import MediaInput
 from mcub.modalities import Modality
+from mcub.models.arguments import AdapterArguments
 from mcub.models.feature_cache import FeatureCache
+from mcub.schema import ModelDescription, Sample, Stop
 
 MODELS_DIR = Path(__file__).resolve().parent.parent.parent / "models"
+# Each adapter's typed arguments (`module:class`, importable without torch); they name the model's builder.
 ADAPTERS = {
-    "random": "mcub.models.baselines:RandomModel",
-    "blind": "mcub.models.baselines:BlindModel",
-    "modelcompose": "mcub.models.modelcompose.model:ModelComposeModel",
-    "modelcompose-tiny": "mcub.models.modelcompose.tiny:TinyDamcModel",
+    "random": "mcub.models.baseline_arguments:RandomArguments",
+    "blind": "mcub.models.baseline_arguments:BlindArguments",
+    "modelcompose": "mcub.models.modelcompose.arguments:ModelComposeArguments",
+    "modelcompose-tiny": "mcub.models.modelcompose.arguments:TinyDamcArguments",
 }
 # --model-arg names that are not Python identifiers, and the argument each stands for.
 ARGUMENT_ALIASES = {"lambda": "lambdas"}
-Stop = Literal["eos", "first-character"]
 
 
 class ModelError(McubError):
@@ -68,15 +68,24 @@ class Model(ABC):
 
     @abstractmethod
     def generate(self, batch: PreparedBatch, max_new_tokens: int, stop: Stop = "eos") -> list[str]:
-        """Greedy answers, one per sample; `first-character` may stop once a non-space character exists."""
+        """Greedy answers, one per sample; `first-character` may stop once the first non-space character is whole
+        (see `first_character_complete`)."""
 
     @abstractmethod
     def loglik(self, batch: PreparedBatch, continuations: list[list[str]]) -> list[list[float]]:
         """Log-probability of each continuation (an option letter or text) as the start of the answer."""
 
     @abstractmethod
-    def describe(self) -> dict[str, Any]:
-        """What identifies this model in a run summary: adapter, arguments, weights and their hashes."""
+    def describe(self) -> ModelDescription:
+        """What identifies this model in a run summary: its adapter, the hashes of its weights, and the rest."""
+
+
+def first_character_complete(text: str) -> bool:
+    """Whether decoded new text holds its first non-space character whole. A partial UTF-8 sequence of byte-fallback
+    tokens decodes to U+FFFD, so a leading U+FFFD never ends a first-character generation (one the model means
+    as such runs on to EOS or the token limit, which changes nothing but time)."""
+    stripped = text.lstrip()
+    return bool(stripped) and stripped[0] != "\ufffd"
 
 
 def refuse_beyond_context(samples: list[Sample], lengths: list[int], limit: int) -> None:
@@ -90,7 +99,8 @@ def refuse_beyond_context(samples: list[Sample], lengths: list[int], limit: int)
 
 
 class ModelSpec(BaseModel):
-    """One `models/*.yaml` file: a model id, its adapter and the adapter's arguments."""
+    """A model id of `models/*.yaml`: its adapter, its arguments (its family defaults' with its own on top) and the
+    modalities they amount to (derived by the adapter's arguments, never stated twice)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -100,34 +110,110 @@ class ModelSpec(BaseModel):
     modalities: tuple[Modality, ...]
     args: dict[str, Any] = {}
 
+    def arguments(self, overrides: dict[str, Any] | None = None) -> AdapterArguments:
+        """The adapter's typed arguments, `overrides` on top of the spec's."""
+        return validate_arguments(self.adapter, merge_args(self.args, overrides or {}), f"model {self.name}")
+
     def components(self) -> list[str]:
         """The weights the model is built from, as `role=reference` (hub ids or local paths)."""
-        found = []
-        for key in ("base", "merged", "pretrained"):
-            if key in self.args:
-                found.append(f"{key}={self.args[key]}")
-        for key in ("experts", "encoders"):
-            found += [f"{key}.{m}={ref}" for m, ref in self.args.get(key, {}).items()]
-        return found
+        return self.arguments().components()
+
+
+class ModelFile(BaseModel):
+    """One `models/*.yaml` file as written: `defaults` names a family's shared arguments
+    (`models/defaults/<name>.yaml`), under which the file's own `args` are merged."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str
+    defaults: str | None = None
+    adapter: str | None = None
+    args: dict[str, Any] = {}
+
+
+class FamilyDefaults(BaseModel):
+    """`models/defaults/<family>.yaml`: the adapter and arguments the models of a family share."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adapter: str
+    args: dict[str, Any] = {}
+
+
+def adapter_arguments(adapter: str) -> type[AdapterArguments]:
+    if adapter not in ADAPTERS:
+        raise ModelError(f"unknown adapter {adapter!r}; known: {', '.join(ADAPTERS)}")
+    return _load(ADAPTERS[adapter])
+
+
+def validate_arguments(adapter: str, args: dict[str, Any], where: str) -> AdapterArguments:
+    """`args` as the adapter's typed arguments; a ModelError (prefixed by `where`) names each unknown or invalid
+    argument."""
+    arguments = adapter_arguments(adapter)
+    try:
+        return arguments.model_validate(args)
+    except ValidationError as error:
+        problems = error.errors()
+        unknown = [".".join(map(str, p["loc"])) for p in problems if p["type"] == "extra_forbidden"]
+        if unknown:
+            accepted = ", ".join(arguments.model_fields)
+            raise ModelError(f"{where}: unknown argument(s) {', '.join(sorted(unknown))}; accepted: {accepted}") from None
+        described = [f"{'.'.join(map(str, p['loc'])) or 'arguments'}: {_message(p)}" for p in problems]
+        raise ModelError(f"{where}: invalid argument(s): {'; '.join(described)}") from None
+
+
+def _message(problem: dict[str, Any]) -> str:
+    cause = problem.get("ctx", {}).get("error")
+    return str(cause) if problem["type"] == "value_error" and cause else problem["msg"]
 
 
 def load_model_specs(models_dir: Path = MODELS_DIR) -> dict[str, ModelSpec]:
-    import yaml
-
+    """Every `models_dir/*.yaml` by model id, each merged with its family defaults and its arguments checked."""
     specs: dict[str, ModelSpec] = {}
+    families: dict[str, FamilyDefaults] = {}
     for path in sorted(models_dir.glob("*.yaml")):
-        with path.open(encoding="utf-8") as handle:
-            raw = yaml.safe_load(handle)
         try:
-            spec = ModelSpec.model_validate(raw)
+            written = ModelFile.model_validate(_read_yaml(path))
         except ValidationError as error:
             raise ModelError(f"{path}: invalid model definition:\n{error}") from None
-        if spec.adapter not in ADAPTERS:
-            raise ModelError(f"{path}: unknown adapter {spec.adapter!r}; known: {', '.join(ADAPTERS)}")
-        if spec.name in specs:
-            raise ModelError(f"{path}: model {spec.name!r} is defined twice")
-        specs[spec.name] = spec
+        adapter, args = written.adapter, written.args
+        if written.defaults:
+            if written.defaults not in families:
+                families[written.defaults] = _family_defaults(models_dir / "defaults" / f"{written.defaults}.yaml")
+            family = families[written.defaults]
+            if adapter not in (None, family.adapter):
+                raise ModelError(f"{path}: adapter {adapter!r}, but its defaults {written.defaults!r} are {family.adapter!r}'s")
+            adapter, args = family.adapter, merge_args(family.args, args)
+        if adapter is None:
+            raise ModelError(f"{path}: no adapter (give `adapter`, or `defaults` naming a family)")
+        if written.name in specs:
+            raise ModelError(f"{path}: model {written.name!r} is defined twice")
+        arguments = validate_arguments(adapter, args, str(path))
+        specs[written.name] = ModelSpec(
+            name=written.name,
+            adapter=adapter,
+            description=written.description,
+            modalities=arguments.input_modalities(),
+            args=args,
+        )
     return specs
+
+
+def _family_defaults(path: Path) -> FamilyDefaults:
+    if not path.is_file():
+        raise ModelError(f"{path}: no such family defaults file")
+    try:
+        return FamilyDefaults.model_validate(_read_yaml(path))
+    except ValidationError as error:
+        raise ModelError(f"{path}: invalid family defaults:\n{error}") from None
+
+
+def _read_yaml(path: Path) -> Any:
+    import yaml
+
+    with path.open(encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
 
 
 def find_model_spec(name: str, specs: dict[str, ModelSpec]) -> ModelSpec:
@@ -175,15 +261,57 @@ def merge_args(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any
     return merged
 
 
+def checked_arguments(spec: ModelSpec, overrides: dict[str, Any]) -> AdapterArguments:
+    """The spec's typed arguments with `overrides` on top; an override the model would not use (the encoder of a
+    modality it lacks) is an error, not silently dropped."""
+    arguments = spec.arguments(overrides)
+    effective = arguments.effective()
+    unused = [path for path in _leaf_paths(overrides) if not _holds(effective, path)]
+    if unused:
+        raise ModelError(
+            f"model {spec.name}: argument(s) {', '.join(unused)} not used by this model "
+            f"(it takes {'+'.join(arguments.input_modalities())})"
+        )
+    return arguments
+
+
+def check_model_args(spec: ModelSpec, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The arguments the model will be built with (the spec's, `overrides` on top), validated by its adapter's
+    argument model; reads no weight file and imports no torch."""
+    return checked_arguments(spec, overrides).effective()
+
+
 def build_model(spec: ModelSpec, overrides: dict[str, Any], runtime: Runtime) -> Model:
     """Instantiate the spec's adapter with its arguments, `overrides` taking precedence."""
-    module_name, _, class_name = ADAPTERS[spec.adapter].partition(":")
-    adapter = getattr(importlib.import_module(module_name), class_name)
-    args = merge_args(spec.args, overrides)
-    accepted = [name for name in inspect.signature(adapter).parameters if name != "runtime"]
-    unknown = sorted(set(args) - set(accepted))
-    if unknown:
-        raise ModelError(
-            f"model {spec.name}: unknown argument(s) {', '.join(unknown)}; accepted: {', '.join(accepted)}"
-        )
-    return adapter(**args, runtime=runtime)
+    arguments = checked_arguments(spec, overrides)
+    return _load(arguments.builder)(runtime, arguments)
+
+
+def resolve_dtype(spec: ModelSpec, device: str, requested: str) -> str:
+    """`auto`: the adapter's dtype on CUDA (float16 for ModelCompose, as the authors ran it; bfloat16 otherwise),
+    float32 elsewhere. An explicit dtype is kept."""
+    if requested != "auto":
+        return requested
+    return adapter_arguments(spec.adapter).cuda_dtype if device.startswith("cuda") else "float32"
+
+
+def _load(reference: str) -> Any:
+    module_name, _, name = reference.partition(":")
+    return getattr(importlib.import_module(module_name), name)
+
+
+def _leaf_paths(args: dict[str, Any], prefix: str = "") -> list[str]:
+    paths = []
+    for key, value in args.items():
+        path = f"{prefix}{key}"
+        paths += _leaf_paths(value, f"{path}.") if isinstance(value, dict) and value else [path]
+    return paths
+
+
+def _holds(args: dict[str, Any], path: str) -> bool:
+    target: Any = args
+    for key in path.split("."):
+        if not isinstance(target, dict) or key not in target:
+            return False
+        target = target[key]
+    return True

@@ -6,37 +6,21 @@ import hashlib
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mcub.errors import DataError
 from mcub.modalities import MODALITIES, PLACEHOLDERS, REFERENCE_KEYS, Modality
+from mcub.schema import DataPaths, Sample
 from mcub.tasks import TaskSpec
 
-DEFAULT_DATA_ROOT = Path("data")
 _PLACEHOLDER_PATTERN = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS.values()))
 _MODALITY_OF_PLACEHOLDER = {placeholder: modality for modality, placeholder in PLACEHOLDERS.items()}
 _OPTION_LINE = re.compile(r"^[ \t]*(?:\(([A-Z])\)|([A-Z])[.):])[ \t]*(\S.*?)[ \t]*$", re.MULTILINE)
 _OPTION_INLINE = re.compile(r"(?:^|(?<=\s))(?:\(([A-Z])\)|([A-Z])[.):])\s+")
+DEFAULT_PATHS = DataPaths()
 _RESERVED_KEYS = {"id", "conversations", "modal_inputs"}
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One question: the human turn with placeholders, its media in placeholder order, options and gold.
-
-    `error` is set when the record has a gold answer but cannot be posed (e.g. placeholders and media
-    disagree): such a sample counts in the denominator and is recorded as an error, never skipped."""
-
-    task: str
-    id: str
-    prompt: str
-    media: tuple[tuple[Modality, str], ...]
-    options: dict[str, str]
-    answer: str
-    meta: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,15 +34,6 @@ class Problem:
     def __str__(self) -> str:
         ids = f" [sample {', '.join(self.sample_ids)}]" if self.sample_ids else ""
         return f"{self.file}{ids}: {self.message}"
-
-
-@dataclass(frozen=True)
-class DataPaths:
-    """Where question files and media are looked for, and whether missing question files may be downloaded."""
-
-    data_root: Path = DEFAULT_DATA_ROOT
-    media_root: Path | None = None
-    download: bool = True
 
 
 @dataclass(frozen=True)
@@ -85,7 +60,7 @@ class TaskData:
             raise DataError(f"task {self.task.name}: {len(self.problems)} problem(s) in its data:\n{listing}")
 
 
-def load_task(task: TaskSpec, paths: DataPaths = DataPaths(), answer_file: Path | None = None) -> TaskData:
+def load_task(task: TaskSpec, paths: DataPaths = DEFAULT_PATHS, answer_file: Path | None = None) -> TaskData:
     """Read a task's question and answer files into Samples; problems with single records are collected.
     `answer_file` replaces the task's own answer file."""
     question_file = locate_file(task, task.questions, paths)
@@ -416,9 +391,3 @@ def _options(task: TaskSpec, prompt: str, answer: str) -> dict[str, str]:
     if answer not in options:
         raise ValueError(f"gold answer {answer!r} is not one of the option letters {', '.join(options)}")
     return options
-
-
-if __name__ == "__main__":
-    from mcub.check import main
-
-    raise SystemExit(main())

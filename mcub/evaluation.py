@@ -1,0 +1,314 @@
+"""The library entry points: `evaluate(request) -> RunSummary` runs a model on tasks and writes a run directory;
+`score_run(run_dir)` rescores a finished run without the model. Both validate everything they can (tasks, data
+files, model arguments, protocols) before any weight is read, and compute every figure from the records."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mcub import __version__
+from mcub.data import TaskData, load_task
+from mcub.errors import DataError, RunError
+from mcub.models.base import ModelSpec
+from mcub.protocols import Protocol, ProtocolError, protocol_for
+from mcub.request import EvalRequest
+from mcub.results import (
+    RunFiles,
+    check_identity,
+    environment,
+    git_revision,
+    new_run_name,
+    read_records,
+    resume_run_dir,
+    start_run,
+    write_records,
+    write_summary,
+)
+from mcub.schema import DataPaths, GroupMetrics, ModelInfo, RunSummary, ScorerSettings, Settings, TaskSummary
+from mcub.scorer import ScoringContext, check_scorable, recorded_judgements, score_records
+from mcub.scoring import group_metrics, task_metrics
+from mcub.tasks import Registry, load_registry
+
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+@dataclass
+class Plan:
+    """What a request resolves to before any weight is read: the model's spec and arguments, the tasks with their
+    data and protocols, the tasks skipped and why, the groups the tasks complete."""
+
+    spec: ModelSpec
+    model_args: dict
+    device: str
+    dtype: str
+    datasets: list[TaskData] = field(default_factory=list)
+    protocols: dict[str, Protocol] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    groups: dict[str, list[str]] = field(default_factory=dict)
+
+
+def plan_run(request: EvalRequest, registry: Registry, log: Log = _stderr) -> Plan:
+    """Resolve and check the request: model id and arguments, task names, each task's protocol and data files.
+    A task the model cannot take is skipped (with the reason) unless it was named, when it is an error."""
+    from mcub.models.base import check_model_args, find_model_spec, load_model_specs, resolve_dtype
+
+    spec = find_model_spec(request.model, load_model_specs())
+    device = resolve_device(request.device)
+    plan = Plan(spec, check_model_args(spec, request.model_args), device, resolve_dtype(spec, device, request.dtype))
+    named = registry.resolve(request.tasks) if request.tasks else list(registry.tasks.values())
+    for task in named:
+        missing = set(task.modalities) - set(spec.modalities)
+        try:
+            if missing:
+                raise RunError(f"model {spec.name} lacks {', '.join(sorted(missing))}")
+            protocol = protocol_for(task, request.protocol)
+            data = load_task(task, request.data_paths)
+        except (RunError, ProtocolError, DataError) as error:
+            reason = str(error)
+            if request.tasks:
+                raise RunError(f"cannot run {task.name}: {reason}") from None
+            plan.skipped[task.name] = reason
+            log(f"skipping {task.name}: {reason}")
+            continue
+        if request.strict:
+            data.raise_for_problems()
+        plan.datasets.append(data)
+        plan.protocols[task.name] = protocol
+    names = {data.task.name for data in plan.datasets}
+    for group in registry.groups:
+        members = [task.name for task in registry.group_tasks(group)]
+        if set(members) <= names:
+            plan.groups[group] = members
+    return plan
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def identity(request: EvalRequest, plan: Plan) -> dict:
+    """What every record of the run depends on, and a resumed run must match (weights: None until hashed)."""
+    return {
+        "model": plan.spec.name,
+        "model_args": plan.model_args,
+        "weights": None,
+        "protocol": request.protocol,
+        "max_new_tokens": request.max_new_tokens,
+        "scoring": request.scoring.identity(),
+        "seed": request.seed,
+        "limit": request.limit,
+        "dtype": plan.dtype,
+    }
+
+
+def evaluate(request: EvalRequest, log: Log = _stderr) -> RunSummary | None:
+    """Run the request and return its summary (None on the non-main ranks of a torchrun run)."""
+    return run(request, log)[0]
+
+
+def run(request: EvalRequest, log: Log = _stderr) -> tuple[RunSummary | None, Path]:
+    """`evaluate`, also returning the run directory."""
+    from mcub.models.base import Runtime, build_model
+    from mcub.runner.distributed import Distributed
+    from mcub.runner.loop import Query, RunSettings, run_task
+
+    plan = plan_run(request, load_registry(), log)
+    dist = Distributed.from_environment(plan.device)
+    try:
+        device = dist.local_device(plan.device)
+        run_dir = _run_dir(request, plan.spec.name, dist)
+        expected = identity(request, plan)
+        resolved = request.model_copy(update={"dtype": plan.dtype, "model_args": plan.model_args, "run_name": None,
+                                              "resume": False})  # fmt: skip
+        if dist.is_main:
+            start_run(run_dir, expected, resolved.to_yaml(), request.resume)
+        dist.barrier()
+        runtime = Runtime(device, plan.dtype, request.seed, offline=not request.download)
+        model = build_model(plan.spec, request.model_args, runtime)
+        description = model.describe()
+        if isinstance(description, dict):
+            from mcub.schema import ModelDescription
+
+            description = ModelDescription(adapter=description.pop("adapter"), details=description)
+        lacking = set(plan.spec.modalities) - set(model.modalities)
+        if lacking:
+            raise RunError(f"model {plan.spec.name} is declared with {', '.join(sorted(lacking))}, which it lacks")
+        if dist.is_main:
+            check_identity(run_dir, {**expected, "weights": description.weights})
+        settings = RunSettings(request.batch_size, request.num_workers, request.strict, request.limit,
+                               pin_memory=device.startswith("cuda"))  # fmt: skip
+        notes: dict[str, list[str]] = {}
+        for data in plan.datasets:
+            protocol = plan.protocols[data.task.name]
+            query = Query(data.task, protocol, protocol.decoding(data.task, request.max_new_tokens))
+            notes[data.task.name] = run_task(model, data, query, settings, run_dir / "records", dist, request.progress)
+            for note in notes[data.task.name]:
+                log(f"warning: {note}")
+        if not dist.is_main:
+            return None, run_dir
+        context = ScoringContext(request.scoring)
+        for data in plan.datasets:
+            score_pending(
+                run_dir / "records" / f"{data.task.name}.jsonl", data, plan.protocols[data.task.name], context
+            )
+        tasks, groups = summarize(
+            plan.datasets, run_dir / "records", plan.protocols, request.limit, request.seed, plan.groups, notes
+        )
+        summary = RunSummary(
+            harness_version=__version__,
+            git_revision=git_revision(),
+            created=new_run_name(),
+            model=ModelInfo(
+                name=plan.spec.name,
+                args=plan.model_args,
+                modalities=sorted(model.modalities),
+                dtype=plan.dtype,
+                **description.model_dump(),
+            ),  # fmt: skip
+            settings=Settings(
+                protocol=request.protocol,
+                batch_size=request.batch_size,
+                num_workers=request.num_workers,
+                max_new_tokens=request.max_new_tokens,
+                seed=request.seed,
+                strict=request.strict,
+                limit=request.limit,
+                device=device,
+                dtype=plan.dtype,
+                world_size=dist.world_size,
+            ),  # fmt: skip
+            scoring=request.scoring,
+            environment=environment(),
+            tasks=tasks,
+            groups=groups,
+            skipped=plan.skipped,
+        )
+        write_summary(run_dir, summary)
+        return summary, run_dir
+    finally:
+        dist.close()
+
+
+def _run_dir(request: EvalRequest, model: str, dist) -> Path:
+    name = None
+    if dist.is_main:
+        if request.resume:
+            name = resume_run_dir(request.output_dir, model, request.run_name).name
+        else:
+            name = request.run_name or new_run_name()
+    return request.output_dir / model / dist.share("run_name", name)
+
+
+def score_pending(path: Path, data: TaskData, protocol: Protocol, context: ScoringContext) -> None:
+    """Score the records of a task file that are not scored yet (new ones, or raw ones a crash left)."""
+    records, _ = read_records(path, repair=False)
+    pending = [record for record in records.values() if not record.scored]
+    if pending:
+        for record in score_records(pending, data.task, protocol, context):
+            records[record.id] = record
+        write_records(path, records.values())
+
+
+def summarize(
+    datasets: list[TaskData],
+    records_dir: Path,
+    protocols: dict[str, Protocol],
+    limit: int | None,
+    seed: int,
+    groups: dict[str, list[str]],
+    notes: dict[str, list[str]],
+) -> tuple[dict[str, TaskSummary], dict[str, GroupMetrics]]:
+    """Task and group summaries (the first `limit` samples of each task; bootstrap seeded by `seed`), computed from
+    the record files alone."""
+    tasks = {}
+    for data in datasets:
+        samples = data.samples[:limit] if limit is not None else data.samples
+        records, _ = read_records(records_dir / f"{data.task.name}.jsonl", repair=False)
+        tasks[data.task.name] = TaskSummary(
+            task=data.task.name,
+            family=data.task.family,
+            protocol=protocols[data.task.name].name,
+            paper_match=data.task.paper_match,
+            question_file=str(data.question_file),
+            answer_file=str(data.answer_file),
+            question_sha256=data.question_sha256,
+            answer_sha256=data.answer_sha256,
+            data_problems=[str(problem) for problem in data.record_problems] + notes.get(data.task.name, []),
+            metrics=task_metrics([sample.id for sample in samples], records, data.task.breakdown, seed),
+        )
+    group_summaries = {
+        name: group_metrics({task: tasks[task].metrics for task in members}, seed)
+        for name, members in groups.items()
+        if all(task in tasks for task in members)
+    }
+    return tasks, group_summaries
+
+
+def score_run(
+    run_dir: Path,
+    paths: DataPaths,
+    protocol: str | None = None,
+    scoring: ScorerSettings | None = None,
+    name: str | None = None,
+) -> tuple[RunSummary, Path]:
+    """Rescore a finished run from its raw records (under `protocol`, else each task's protocol of the run, with
+    `scoring`, else the run's scorer settings) into `RUN_DIR/rescored/<name>/`: records, summary and table.
+    Judgements are replayed from the records when the judge is the run's own; a judge that differs is asked."""
+    run = RunFiles(run_dir)
+    summary = run.summary
+    scoring = scoring or summary.scoring
+    same_judge = scoring.judge is not None and summary.scoring.judge is not None
+    same_judge = same_judge and scoring.judge.identity() == summary.scoring.judge.identity()
+    out_dir = run_dir / "rescored" / (name or rescore_name(protocol, scoring, summary.scoring))
+    registry = load_registry()
+    datasets, protocols = [], {}
+    for task_name, task_summary in summary.tasks.items():
+        if task_name not in registry.tasks:
+            raise RunError(f"{run_dir}: task {task_name} is not a task of this mcub")
+        task = registry.tasks[task_name]
+        chosen = protocol_for(task, protocol or task_summary.protocol)
+        data = load_task(task, paths)
+        if (data.question_sha256, data.answer_sha256) != (task_summary.question_sha256, task_summary.answer_sha256):
+            raise RunError(
+                f"{run_dir}: task {task_name} was run on other data than {data.question_file} and "
+                f"{data.answer_file} hold now (their hashes differ); point --data-root at the run's data"
+            )
+        records = list(run.records[task_name].values())
+        check_scorable(records, task, chosen, summary.settings.max_new_tokens)
+        context = ScoringContext(scoring, recorded_judgements(records) if same_judge else None)
+        (out_dir / "records").mkdir(parents=True, exist_ok=True)
+        write_records(out_dir / "records" / f"{task_name}.jsonl", score_records(records, task, chosen, context))
+        datasets.append(data)
+        protocols[task_name] = chosen
+    groups = {group_name: group.tasks for group_name, group in summary.groups.items()}
+    tasks, group_summaries = summarize(
+        datasets, out_dir / "records", protocols, summary.settings.limit, summary.settings.seed, groups, {}
+    )
+    rescored = summary.model_copy(
+        update={"tasks": tasks, "groups": group_summaries, "scoring": scoring, "created": new_run_name(),
+                "rescored_from": str(run_dir), "harness_version": __version__, "git_revision": git_revision()}
+    )  # fmt: skip
+    write_summary(out_dir, rescored)
+    return rescored, out_dir
+
+
+def rescore_name(protocol: str | None, scoring: ScorerSettings, original: ScorerSettings) -> str:
+    """`<protocol>` (or `own-protocols`), with a short hash of the scorer settings when they are not the run's."""
+    import hashlib
+    import json
+
+    label = protocol or "own-protocols"
+    if scoring.identity() != original.identity():
+        label += "-" + hashlib.sha256(json.dumps(scoring.identity(), sort_keys=True).encode()).hexdigest()[:8]
+    return label

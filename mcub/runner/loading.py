@@ -1,0 +1,148 @@
+"""Media loading: DataLoader workers decode each sample's media (or read its cached encoder features), one sample
+per fetch, and the samples are regrouped into the planned batches as they arrive."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from mcub.errors import MediaError
+from mcub.hashing import file_sha256
+from mcub.media import MediaInput, check_file, load_media, preprocessing_names
+from mcub.modalities import Modality
+from mcub.models.base import Model
+from mcub.models.feature_cache import FeatureCache
+from mcub.schema import Sample
+
+
+@dataclass
+class LoadedSample:
+    """A sample with its decoded media, or the reason it cannot be posed."""
+
+    sample: Sample
+    media: list[MediaInput] = field(default_factory=list)
+    provenance: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    decode_s: float = 0.0
+
+    def pin_memory(self) -> LoadedSample:
+        """A copy whose media tensors sit in page-locked memory (called by the DataLoader's pinning thread)."""
+        media = [
+            MediaInput(m.modality, m.path, {k: t.pin_memory() for k, t in m.tensors.items()}, m.provenance)
+            for m in self.media
+        ]
+        return LoadedSample(self.sample, media, self.provenance, self.error, self.decode_s)
+
+
+class SampleDataset:
+    """Map-style dataset: decoding a sample's media (or reading its cached encoder features) happens in the
+    DataLoader worker that fetches it."""
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        preprocessing: dict[str, str] | None,
+        feature_cache: FeatureCache | None = None,
+    ):
+        self.samples = samples
+        self.preprocessing = preprocessing
+        self.feature_cache = feature_cache
+
+    @classmethod
+    def for_model(cls, samples: list[Sample], model: Model) -> SampleDataset:
+        return cls(samples, model.media_preprocessing, model.feature_cache)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> LoadedSample:
+        sample = self.samples[index]
+        if sample.error:
+            return LoadedSample(sample, error=f"data error: {sample.error}")
+        start = time.perf_counter()
+        loaded = LoadedSample(sample)
+        try:
+            for modality, path in sample.media:
+                if self.preprocessing is None:
+                    check_file(path)
+                    loaded.provenance.append({"path": path, "modality": modality, "decoded": False})
+                    continue
+                media = self._load(modality, path)
+                loaded.media.append(media)
+                loaded.provenance.append({"modality": modality, **media.provenance})
+        except MediaError as error:
+            loaded.error = f"media error: {error}"
+        loaded.decode_s = time.perf_counter() - start
+        return loaded
+
+    def _load(self, modality: Modality, path: str) -> MediaInput:
+        """The cached features of the file, when the cache has them; else the decoded file."""
+        name = self.preprocessing.get(modality) or preprocessing_names(modality)[0]
+        if self.feature_cache is None:
+            return load_media(modality, path, name)
+        check_file(path)
+        digest = file_sha256(path)
+        return self.feature_cache.load(modality, path, digest, name) or load_media(modality, path, name, digest)
+
+
+class _QueueSampleSampler:
+    """Yields the sample indices of the batches this rank claims from the shared counter, batch after batch, and
+    notes each claimed batch's size so that the samples can be regrouped where they arrive (in order)."""
+
+    def __init__(self, batches: list[list[int]], claim: Callable[[], int]):
+        self.batches = batches
+        self.claim = claim
+        self.sizes: deque[int] = deque()
+
+    def __iter__(self) -> Iterator[int]:
+        while (index := self.claim()) < len(self.batches):
+            self.sizes.append(len(self.batches[index]))
+            yield from self.batches[index]
+
+    def __len__(self) -> int:
+        return sum(len(batch) for batch in self.batches)
+
+
+def load_batches(
+    dataset: SampleDataset,
+    batches: list[list[int]],
+    claim: Callable[[], int],
+    workers: int,
+    pin_memory: bool,
+    progress: bool,
+    name: str,
+) -> Iterator[list[LoadedSample]]:
+    """Batches of decoded samples, for the batches this rank claims. Workers fetch single samples, so the samples
+    of one batch are decoded in parallel (the first batch is ready after one sample's decoding per worker, not a
+    whole batch's), and about two batches are kept in flight."""
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    if not batches:
+        return
+    sampler = _QueueSampleSampler(batches, claim)
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=_as_is,
+        pin_memory=pin_memory,
+        prefetch_factor=max(2, -(-2 * max(len(batch) for batch in batches) // workers)) if workers else None,
+    )
+    with tqdm(total=len(sampler), desc=name, unit="sample", disable=not progress, dynamic_ncols=True) as bar:
+        items: list[LoadedSample] = []
+        for item in loader:
+            items.append(item)
+            if len(items) == sampler.sizes[0]:
+                sampler.sizes.popleft()
+                yield items
+                bar.update(len(items))
+                items = []
+
+
+def _as_is(item: LoadedSample) -> LoadedSample:
+    return item
