@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mcub.data import load_task
 from mcub.errors import McubError
-from mcub.protocols import get_protocol
+from mcub.protocols import Protocol, get_protocol
 from mcub.results import RunFiles
 from mcub.schema import DataPaths, Record, ScorerSettings
 from mcub.scorer import ScoringContext, recorded_judgements, score_records
@@ -71,7 +71,7 @@ def validate_run(run_dir: Path, paths: DataPaths) -> list[str]:
                 f"{name}: {len(unknown)} record(s) for ids that are not in the task: {', '.join(unknown[:10])}"
             )
         try:
-            wrong = _records_not_following(records, gold, spec, run.summary.scoring)
+            wrong = records_not_following(records, gold, spec, get_protocol(spec.protocol), run.summary.scoring)
         except (McubError, OSError) as error:
             reasons.append(f"{name}: its records cannot be rescored ({error})")
             continue
@@ -102,10 +102,11 @@ def scorer_description(scoring: ScorerSettings) -> str:
     return f"rescored with the run's scorer settings: embedder {embedder}; {judge}"
 
 
-def _records_not_following(records: dict[str, Record], gold: dict, spec, scoring: ScorerSettings) -> list[str]:
-    """Ids of records whose gold is not the task's, or whose outcome is not the one the task's protocol gives their
-    output with the run's scorer settings (judgements replayed from the records)."""
-    protocol = get_protocol(spec.protocol)
+def records_not_following(
+    records: dict[str, Record], gold: dict, spec, protocol: Protocol, scoring: ScorerSettings
+) -> list[str]:
+    """Ids of records whose gold is not the task's, or whose outcome is not the one `protocol` gives their output
+    with the scorer settings `scoring` (judgements replayed from the records)."""
     kept = [record for sample_id, record in records.items() if sample_id in gold]
     context = ScoringContext(scoring, recorded_judgements(kept))
     wrong = [record.id for record in kept if record.gold != gold[record.id].answer]

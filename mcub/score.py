@@ -103,7 +103,7 @@ def _rescore(args: argparse.Namespace, paths) -> int:
 
 def _score_predictions(args: argparse.Namespace, paths) -> int:
     from mcub.data import load_task, read_records_file
-    from mcub.protocols import Answer, protocol_for
+    from mcub.protocols import Answer, PaperProtocol, protocol_for
     from mcub.schema import Record, ScorerSettings
     from mcub.scorer import ScoringContext
     from mcub.scoring import task_metrics
@@ -113,13 +113,13 @@ def _score_predictions(args: argparse.Namespace, paths) -> int:
     if len(task) != 1:
         raise McubError(f"--task takes one task, not the group {args.task}")
     task = task[0]
-    name = args.protocol or "paper"
-    if name not in ("paper", "generate"):
+    protocol = protocol_for(task, args.protocol or "paper")
+    name = protocol.name
+    if protocol.decoding(task, 1).kind != "generate":
         raise McubError(f"a prediction file holds generated text; --protocol {name} cannot score it")
-    protocol = protocol_for(task, name)
     data = load_task(task, paths, args.answers)
     predictions = read_predictions(args.predictions)
-    if name == "paper":
+    if isinstance(protocol, PaperProtocol):
         figure = authors_accuracy(predictions, read_records_file(data.answer_file), task.paper_match)
         print(f"Accuracy: {figure:.2f}%")
     by_id: dict[str, str] = {}
