@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -127,9 +128,7 @@ def run_bench(shape_name: str, batch_sizes: list[int], device: str, dtype_name: 
     }
 
     def prefill(batch, plan):
-        with torch.inference_mode():
-            hidden, _ = model._forward(batch.embeddings, batch.attention_mask, batch.position_ids, plan)
-            return llama.lm_head(hidden[:, -1])
+        return model.last_logits(batch, plan)
 
     dense = {
         size: seconds_per_call(lambda b=batch: prefill(b, None), device, warmup, iterations)
@@ -330,7 +329,7 @@ def end_to_end(shape_name: str, root: Path, samples: int, batch_size: int, worke
     return result
 
 
-def run_paper(model, data, settings, records_dir: Path, on_batch=None) -> None:
+def run_paper(model, data, settings, records_dir: Path, around_batch=None) -> None:
     """The runner on the task under the `paper` protocol (first-character stop, 128 new tokens), alone."""
     from mcub.protocols import get_protocol
     from mcub.runner.distributed import Distributed
@@ -338,52 +337,51 @@ def run_paper(model, data, settings, records_dir: Path, on_batch=None) -> None:
 
     protocol = get_protocol("paper")
     query = Query(data.task, protocol, protocol.decoding(data.task, 128))
-    run_task(model, data, query, settings, records_dir, Distributed(), progress=False, on_batch=on_batch)
+    run_task(model, data, query, settings, records_dir, Distributed(), progress=False, around_batch=around_batch)
 
 
-PROFILED_STAGES = {
-    "_run_encoder": "encoder",
-    "_modality_blocks": "encoders + projectors",
-    "generate": "generate",
-    "lm._forward": "llm forward (prefill, then one per new token)",
-}
+def labelled_modules(model) -> dict[str, Any]:
+    """The model's modules whose forward passes the profile labels, by label: each encoder and projector, and the
+    LLM (one forward per prefill and per new token)."""
+    modules = {f"mcub encoder {m}": encoder for m, encoder in model.encoders.items()}
+    modules |= {f"mcub projector {m}": projector for m, projector in model.projectors.items()}
+    modules["mcub llm forward (prefill, then one per new token)"] = model.lm.llama.model
+    return modules
 
 
 def profile_run(model, data, settings, records_dir: Path, table: Path) -> dict[str, Any]:
-    """One run under the torch profiler, its stages labelled; writes the operator table (by device time, or host
-    time without CUDA) to `table` and returns each stage's host and device milliseconds."""
+    """One run under the torch profiler, its stages labelled through forward hooks of the model's modules and the
+    runner's batch scope (`mcub batch`: prepare and answer one batch); writes the operator table (by device time,
+    or host time without CUDA) to `table` and returns each stage's host and device milliseconds."""
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
     cuda = str(model.lm.device).startswith("cuda")
+    open_labels: list[Any] = []
 
-    def labelled(name, function):
-        def call(*args, **kwargs):
-            label = f"mcub {name}" + (f" {args[0]}" if name == "encoder" else "")
-            with record_function(label):
-                return function(*args, **kwargs)
+    def enter(label):
+        def hook(module, args):
+            scope = record_function(label)
+            scope.__enter__()
+            open_labels.append(scope)
 
-        return call
+        return hook
 
-    def owner(path: str):
-        *parents, attribute = path.split(".")
-        target = model
-        for parent in parents:
-            target = getattr(target, parent)
-        return target, attribute
+    def leave(module, args, output):
+        open_labels.pop().__exit__(None, None, None)
 
-    for path, name in PROFILED_STAGES.items():
-        target, attribute = owner(path)
-        setattr(target, attribute, labelled(name, getattr(target, attribute)))
+    handles = []
+    for label, module in labelled_modules(model).items():
+        handles += [module.register_forward_pre_hook(enter(label)), module.register_forward_hook(leave)]
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     try:
         with profile(activities=activities) as profiler:
-            run_paper(model, data, settings, records_dir)
+            run_paper(model, data, settings, records_dir, lambda items: record_function("mcub batch"))
             if cuda:
                 torch.cuda.synchronize()
     finally:
-        for path in PROFILED_STAGES:
-            delattr(*owner(path))
+        for handle in handles:
+            handle.remove()
     averages = profiler.key_averages()
     sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
     table.write_text(averages.table(sort_by=sort_by, row_limit=40) + "\n")
@@ -405,9 +403,10 @@ def _timed_run(model, data, settings, records_dir: Path) -> dict[str, Any]:
 
     first_batch: list[float] = []
 
-    def note_first_batch(items) -> None:
+    def note_first_batch(items):
         if not first_batch:
             first_batch.append(time.perf_counter())
+        return nullcontext()
 
     cuda = str(model.lm.device).startswith("cuda")
     if cuda:

@@ -32,6 +32,8 @@ def test_bench_runs_the_tiny_shape_and_writes_its_ratios(tmp_path, capsys):
     assert "aten::" in (tmp_path / "profile.txt").read_text()
     stages = e2e["profile"]
     assert {f"mcub encoder {m}" for m in ("image", "video", "audio", "point")} < set(stages)
-    assert stages["mcub generate"]["calls"] == 2 and stages["mcub generate"]["host_ms"] > 0
+    assert {f"mcub projector {m}" for m in ("image", "video", "audio", "point")} < set(stages)
+    assert stages["mcub batch"]["calls"] == 2 and stages["mcub batch"]["host_ms"] > 0
+    assert stages["mcub llm forward (prefill, then one per new token)"]["calls"] >= 2
     out = capsys.readouterr().out
     assert "| 1 |" in out and "| warm feature cache |" in out

@@ -8,6 +8,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +63,8 @@ class Query:
         return list(prepared.prompts), self.ask(model, prepared)
 
 
-BatchHook = Callable[[list[LoadedSample]], None]
+BatchScope = Callable[[list[LoadedSample]], AbstractContextManager]
+"""Called with each batch just before the model sees it: the context the batch runs in (timers, profiler labels)."""
 
 
 def run_task(
@@ -73,10 +75,10 @@ def run_task(
     records_dir: Path,
     dist: Distributed,
     progress: bool = True,
-    on_batch: BatchHook | None = None,
+    around_batch: BatchScope | None = None,
 ) -> list[str]:
     """Run every sample of a task that has no record made on the task's current data; return notes on damaged
-    records and records that were redone. `on_batch` sees each batch just before the model does."""
+    records and records that were redone. Each batch runs inside `around_batch(batch)` when given."""
     task = data.task
     samples = data.samples[: settings.limit] if settings.limit is not None else data.samples
     main_file = records_dir / f"{task.name}.jsonl"
@@ -102,9 +104,8 @@ def run_task(
         claim = lambda: dist.claim(queue_key)  # noqa: E731
         shown = progress and dist.is_main
         for items in load_batches(dataset, batches, claim, settings.num_workers, settings.pin_memory, shown, task.name):
-            if on_batch is not None:
-                on_batch(items)
-            log.append(evaluate_batch(model, items, data, query, settings))
+            with around_batch(items) if around_batch is not None else nullcontext():
+                log.append(evaluate_batch(model, items, data, query, settings))
     finally:
         log.close()
     dist.barrier()

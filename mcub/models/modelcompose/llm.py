@@ -107,6 +107,13 @@ class ComposedLM:
         return output.last_hidden_state, cache
 
     @torch.inference_mode()
+    def last_logits(self, batch: PackedBatch, plan: RoutePlan | None) -> Tensor:
+        """The logits of each row's last position after a prefill routed by `plan` (None: the base weights alone,
+        the dense forward the bench takes as its roofline)."""
+        hidden, _ = self._forward(batch.embeddings, batch.attention_mask, batch.position_ids, plan)
+        return self.llama.lm_head(hidden[:, -1])
+
+    @torch.inference_mode()
     def prefill_logits(self, batch: PackedBatch) -> Tensor:
         """Logits of every position (for tests and references)."""
         hidden, _ = self._forward(batch.embeddings, batch.attention_mask, batch.position_ids, batch.plan)
