@@ -2,17 +2,23 @@ import json
 
 import pytest
 import torch
-from tiny_models import write_tiny_llama
+from tiny_models import force_greedy_chain, write_tiny_llama
 
-from mcub.data import Sample
 from mcub.eval import main as eval_main
+from mcub.hashing import file_sha256
 from mcub.models.base import Runtime
+from mcub.models.baseline_arguments import BlindArguments
 from mcub.models.baselines import BlindModel
+from mcub.schema import Sample
 
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
     return write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def _blind(tiny_llama):
+    return BlindModel(Runtime(), BlindArguments(pretrained=str(tiny_llama)))
 
 
 def _samples():
@@ -25,7 +31,7 @@ def _samples():
 
 
 def test_blind_prompts_have_no_media(tiny_llama):
-    model = BlindModel(str(tiny_llama), Runtime())
+    model = _blind(tiny_llama)
     prompts = model.prepare(_samples(), [[], []]).prompts
     assert prompts[0].endswith("USER: Which attribute is shared?\nA. a dog\nB. rain\nC. music\nD. a car ASSISTANT:")
     assert all("<" not in prompt for prompt in prompts)
@@ -34,7 +40,7 @@ def test_blind_prompts_have_no_media(tiny_llama):
 def test_a_prompt_longer_than_the_context_is_refused_by_sample_id(tiny_llama):
     from mcub.errors import UnsupportedInput
 
-    model = BlindModel(str(tiny_llama), Runtime())
+    model = _blind(tiny_llama)
     samples = _samples()
     lengths = [len(ids) for ids in model.tokenizer(model.prepare(samples, [[], []]).prompts).input_ids]
     model.model.config.max_position_embeddings = min(lengths)
@@ -44,7 +50,7 @@ def test_a_prompt_longer_than_the_context_is_refused_by_sample_id(tiny_llama):
 
 
 def test_batched_generation_equals_one_by_one(tiny_llama):
-    model = BlindModel(str(tiny_llama), Runtime())
+    model = _blind(tiny_llama)
     samples = _samples()
     batched = model.generate(model.prepare(samples, [[], []]), max_new_tokens=6)
     single = [model.generate(model.prepare([s], [[]]), max_new_tokens=6)[0] for s in samples]
@@ -52,7 +58,7 @@ def test_batched_generation_equals_one_by_one(tiny_llama):
 
 
 def test_loglik_is_the_sum_of_continuation_token_logprobs(tiny_llama):
-    model = BlindModel(str(tiny_llama), Runtime())
+    model = _blind(tiny_llama)
     batch = model.prepare(_samples()[:1], [[]])
     [scores] = model.loglik(batch, [["A", "B"]])
     tokenizer, network = model.tokenizer, model.model
@@ -74,5 +80,19 @@ def test_blind_model_runs_the_sample_task_end_to_end(tiny_llama, tmp_path, capsy
     records = [json.loads(line) for line in lines]
     assert len(records) == 5 and all(r["error"] is None and isinstance(r["output"], str) for r in records)
     summary = json.loads((tmp_path / "blind-vicuna" / "b" / "summary.json").read_text())
-    assert summary["model"]["adapter"] == "blind" and summary["model"]["pretrained"] == str(tiny_llama)
-    assert summary["model"]["config_sha256"] and summary["tasks"]["mcub-sample"]["metrics"]["n"] == 5
+    model = summary["model"]
+    assert model["adapter"] == "blind" and model["details"]["pretrained"] == str(tiny_llama)
+    assert model["weights"]["pretrained/config.json"] == file_sha256(tiny_llama / "config.json")
+    assert model["weights"]["pretrained/tokenizer.json"] == file_sha256(tiny_llama / "tokenizer.json")
+    assert model["dtype"] == "float32" and summary["tasks"]["mcub-sample"]["metrics"]["n"] == 5
+
+
+def test_a_first_character_stop_waits_for_a_whole_multibyte_character(tmp_path):
+    model = _blind(write_tiny_llama(tmp_path / "llama"))
+    batch = model.prepare(_samples()[1:], [[]])
+    answer = model.tokenizer.encode(" 中 A", add_special_tokens=False)  # "Ġ", then the three bytes of 中, then "ĠA"
+    assert model.tokenizer.decode(answer[:2]) == " \ufffd"
+    last_prompt_token = model.tokenizer(batch.prompts[0]).input_ids[-1]
+    force_greedy_chain(model.model, [last_prompt_token, *answer, model.tokenizer.eos_token_id])
+    assert model.generate(batch, max_new_tokens=8) == [" 中 A"]
+    assert model.generate(batch, max_new_tokens=8, stop="first-character") == [" 中"]

@@ -8,15 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import force_greedy_chain
 
-from mcub.data import Sample
 from mcub.errors import CheckpointError
 from mcub.eval import main as eval_main
 from mcub.media import load_media
 from mcub.models.base import ModelError, Runtime, parse_model_args
+from mcub.models.modelcompose.arguments import ModelComposeArguments
 from mcub.models.modelcompose.checkpoint import read_checkpoint
 from mcub.models.modelcompose.model import ModelComposeModel
 from mcub.models.modelcompose.tiny import tiny_damc_layout, write_tiny_expert
+from mcub.schema import Sample
 from mcub.tasks import BUNDLED_DATA_ROOT
 
 SAMPLE_MEDIA = BUNDLED_DATA_ROOT / "sample"
@@ -47,9 +49,10 @@ def _logits(model):
 
 
 def _model(tiny, **kwargs):
-    return ModelComposeModel(
-        Runtime(), base=tiny["base"], encoders=tiny["encoders"], point_encoder=tiny["point_encoder"], **kwargs
+    arguments = ModelComposeArguments(
+        base=tiny["base"], encoders=tiny["encoders"], point_encoder=tiny["point_encoder"], **kwargs
     )
+    return ModelComposeModel(Runtime(), arguments)
 
 
 def merge_like_the_authors(experts: dict[str, Path], coefficients: dict[str, float], out: Path) -> Path:
@@ -92,9 +95,9 @@ def test_on_the_fly_composition_equals_the_authors_merged_checkpoint(tiny, tmp_p
         {"vision": 0.3, "audio": 0.7},
         tmp_path / "m",
     )
-    merged = _model(tiny, merged=str(merged_dir))
-    routes = {name: sorted(map(tuple, items)) for name, items in composed.describe()["routes"].items()}
-    assert routes == {name: sorted(map(tuple, items)) for name, items in merged.describe()["routes"].items()}
+    merged = _model(tiny, merged=str(merged_dir), modalities=("image", "audio"))
+    routes = {name: sorted(map(tuple, items)) for name, items in composed.describe().details["routes"].items()}
+    assert routes == {name: sorted(map(tuple, items)) for name, items in merged.describe().details["routes"].items()}
     assert routes["language"] == [("default-audio", 0.7 * 2.0), ("default-vision", 0.3 * 2.0)]
     assert torch.allclose(_logits(composed), _logits(merged), atol=1e-5)
     assert sorted(read_checkpoint(merged_dir).unused) == sorted(
@@ -103,10 +106,10 @@ def test_on_the_fly_composition_equals_the_authors_merged_checkpoint(tiny, tmp_p
 
 
 def test_one_expert_with_lambda_one_equals_that_expert_alone(tiny):
-    alone = _model(tiny, merged=tiny["experts"]["image"])  # a unimodal checkpoint, loaded as the authors load it
+    alone = _model(tiny, merged=tiny["experts"]["image"], modalities=("image",))  # loaded as the authors load it
     composed = _model(tiny, experts={"image": tiny["experts"]["image"]}, lambdas={"image": 1.0})
-    assert alone.describe()["routes"]["language"] == [["default", 2.0]]
-    assert composed.describe()["routes"]["language"] == [["default-vision", 2.0]]
+    assert alone.describe().details["routes"]["language"] == [["default", 2.0]]
+    assert composed.describe().details["routes"]["language"] == [["default-vision", 2.0]]
     image = str(SAMPLE_MEDIA / "image-1.png")
     samples = [Sample("t", "1", "image: <image>\nWhat?", (("image", image),), {}, "x", {"question_index": 0})]
     media = [[load_media("image", image)]]
@@ -120,8 +123,9 @@ def test_lambdas_change_only_the_language_route(tiny):
         tiny, experts={"image": tiny["experts"]["image"], "audio": tiny["experts"]["audio"]},
         lambdas={"image": 0.9, "audio": 0.1},
     )  # fmt: skip
-    assert first.describe()["routes"]["image"] == second.describe()["routes"]["image"] == [["vision", 2.0]]
-    assert first.describe()["routes"]["language"] == [["default-vision", 1.0], ["default-audio", 1.0]]
+    first_routes, second_routes = first.describe().details["routes"], second.describe().details["routes"]
+    assert first_routes["image"] == second_routes["image"] == [["vision", 2.0]]
+    assert first_routes["language"] == [["default-vision", 1.0], ["default-audio", 1.0]]
     assert not torch.allclose(_logits(first), _logits(second), atol=1e-4)
 
 
@@ -130,7 +134,7 @@ def test_naivemc_routes_every_token_through_the_weighted_sum(tiny, tmp_path):
         write_tiny_expert(tmp_path / modality, modality, "naivemc", seed=seed)
     model = _model(tiny, experts={"image": str(tmp_path / "image"), "audio": str(tmp_path / "audio")},
                    composition="naivemc")  # fmt: skip
-    routes = model.describe()["routes"]
+    routes = model.describe().details["routes"]
     assert set(routes) == {"language"} and model.composition.modalities["image"].route == "language"
     assert model.composition.modalities["image"].prefix is None
     spans = model.prepare(*_image_audio_sample(model)).inputs[0]
@@ -197,12 +201,16 @@ def test_tiny_damc_runs_the_sample_task_end_to_end(tiny, tmp_path, capsys):
     loglik = records("ll")
     assert all(set(r["option_logliks"]) == {"A", "B", "C", "D"} for r in loglik)
     summary = json.loads((tmp_path / "tiny-damc" / "ll" / "summary.json").read_text())
-    assert summary["model"]["composition"] == "damc" and len(summary["model"]["sources"]) == 4
+    details = summary["model"]["details"]
+    assert summary["model"]["adapter"] == "modelcompose" and summary["model"]["dtype"] == "float32"
+    assert details["composition"] == "damc" and len(details["sources"]) == 4
+    experts = {f"experts.{source['modality']}": source["sha256"] for source in details["sources"]}
+    assert {role: summary["model"]["weights"][role] for role in experts} == experts
 
 
 def _loaded(model, samples):
     """The samples' media as the runner's workers hand them to `model` (decoded, or cached features)."""
-    from mcub.runner import SampleDataset
+    from mcub.runner.loading import SampleDataset
 
     return [item.media for item in SampleDataset.for_model(samples, model)]
 
@@ -227,7 +235,7 @@ def test_feature_cache_lets_a_coefficient_change_skip_every_encoder_and_the_deco
 
     for encoder in second.encoders.values():
         monkeypatch.setattr(encoder, "forward", never)
-    monkeypatch.setattr("mcub.runner.load_media", never)
+    monkeypatch.setattr("mcub.runner.loading.load_media", never)
     [cached] = _loaded(second, samples)
     assert [set(m.tensors) for m in cached] == [{"features"}, {"features"}]
     assert [m.provenance for m in cached] == [{**m.provenance, "features": "cache"} for m in decoded[0]]
@@ -281,7 +289,7 @@ def test_media_shared_by_the_questions_of_a_batch_are_encoded_once(tiny, monkeyp
 
 
 def test_batches_keep_the_questions_on_the_same_media_together():
-    from mcub.runner import length_sorted_batches
+    from mcub.runner.batching import length_sorted_batches
 
     def sample(index, media, prompt_length):
         return Sample("t", str(index), "x" * prompt_length, media, {}, "A", {"question_index": index})
@@ -322,3 +330,48 @@ def test_an_input_longer_than_the_llm_context_is_refused_by_sample_id(tiny):
     message = f"sample 1: {length} positions: longer than the LLM's context of {length - 1} (max_position_embeddings)"
     with pytest.raises(UnsupportedInput, match=re.escape(message)):
         model.prepare(samples, media)
+
+
+def test_a_first_character_stop_waits_for_a_whole_multibyte_character(tiny):
+    model = _model(tiny, experts={"image": tiny["experts"]["image"]})
+    sample = Sample("t", "1", "Which?\nA. yes\nB. no", (), {"A": "yes", "B": "no"}, "A", {"question_index": 0})
+    batch = model.prepare([sample], [[]])
+    answer = model.tokenizer.encode_text("中 A")  # "▁", the three byte-fallback pieces of 中, "▁A"
+    assert model.tokenizer.decode(answer[:2]) == "\ufffd"
+    last_prompt_token = model.tokenizer.encode_prompt(batch.prompts[0])[-1]
+    force_greedy_chain(model.lm.llama, [last_prompt_token, *answer, model.tokenizer.eos_id])
+    assert model.generate(batch, max_new_tokens=8) == ["中 A"]
+    assert model.generate(batch, max_new_tokens=8, stop="first-character") == ["中"]
+
+
+def test_only_the_encoders_of_the_models_modalities_are_looked_for(tiny):
+    encoders = {**tiny["encoders"], "audio": "/nowhere/BEATs.pt", "video": "/nowhere/LanguageBind"}
+    arguments = ModelComposeArguments(base=tiny["base"], experts={"image": tiny["experts"]["image"]}, encoders=encoders)
+    model = ModelComposeModel(Runtime(), arguments)
+    assert model.modalities == {"image"} and set(model.encoders) == set(model.encoder_paths) == {"image"}
+
+
+def test_a_merged_checkpoint_must_take_the_modalities_its_model_states(tiny, tmp_path):
+    experts = {"vision": Path(tiny["experts"]["image"]), "audio": Path(tiny["experts"]["audio"])}
+    merged_dir = merge_like_the_authors(experts, {"vision": 0.5, "audio": 0.5}, tmp_path / "m")
+    message = f"{merged_dir / 'config.json'}: configured for image+audio, but the model states modalities image"
+    with pytest.raises(ModelError, match=re.escape(message)):
+        _model(tiny, merged=str(merged_dir), modalities=("image",))
+
+
+def test_the_description_hashes_the_adapter_files_and_the_small_files_of_directories(tiny):
+    from mcub.hashing import file_sha256
+
+    model = _model(tiny, experts={"image": tiny["experts"]["image"], "audio": tiny["experts"]["audio"]})
+    description = model.describe()
+    base, expert = Path(tiny["base"]), Path(tiny["experts"]["audio"])
+    assert description.adapter == "modelcompose" and description.details["composition"] == "damc"
+    assert description.weights == {
+        "base/config.json": file_sha256(base / "config.json"),
+        "base/generation_config.json": file_sha256(base / "generation_config.json"),
+        "base/tokenizer.model": file_sha256(base / "tokenizer.model"),
+        "experts.image": file_sha256(Path(tiny["experts"]["image"]) / "adapter_model.bin"),
+        "experts.audio": file_sha256(expert / "adapter_model.bin"),
+        "encoders.image/config.json": file_sha256(Path(tiny["encoders"]["image"]) / "config.json"),
+        "encoders.audio": file_sha256(tiny["encoders"]["audio"]),
+    }

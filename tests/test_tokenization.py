@@ -139,6 +139,16 @@ def test_decode_skips_special_ids(tokenizer: ChunkTokenizer, sp: sentencepiece.S
     assert tokenizer.decode([2]) == ""
 
 
+def test_the_first_character_is_whole_only_once_its_last_byte_piece_is_decoded(tokenizer: ChunkTokenizer) -> None:
+    from mcub.models.base import first_character_complete
+
+    ids = tokenizer.encode_text("é B")  # "▁", then é by byte fallback: <0xC3> <0xA9>
+    prefixes = [tokenizer.decode(ids[:end]) for end in range(len(ids) + 1)]
+    assert prefixes[:4] == ["", "", "\ufffd", "é"]
+    assert [first_character_complete(text) for text in prefixes] == [False, False, False, True, True]
+    assert first_character_complete("  B") and not first_character_complete(" \ufffd")
+
+
 def test_missing_tokenizer_model_names_the_directory(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=str(tmp_path)):
         load_chunk_tokenizer(tmp_path)

@@ -41,3 +41,18 @@ def write_tiny_llama(directory: Path, seed: int = 0) -> Path:
     )
     LlamaForCausalLM(config).save_pretrained(directory)
     return directory
+
+
+def force_greedy_chain(llama, chain: list[int], scale: float = 100.0) -> None:
+    """Make greedy decoding after `chain[0]` produce `chain[1:]`: the input embedding of `chain[i]` becomes a large
+    basis vector e_i and the LM head row of `chain[i + 1]` reads e_i, so (the layers adding little next to it) the
+    last position's own token decides the next one. The chain's tokens must differ; its length at most the width."""
+    import torch
+
+    embeddings, head = llama.get_input_embeddings().weight, llama.get_output_embeddings().weight
+    with torch.no_grad():
+        for index, (token, following) in enumerate(zip(chain, chain[1:], strict=False)):
+            embeddings[token] = 0.0
+            embeddings[token, index] = scale
+            head[following] = 0.0
+            head[following, index] = scale

@@ -141,29 +141,37 @@ class FamilyDefaults(BaseModel):
     args: dict[str, Any] = {}
 
 
-def adapter_arguments(adapter: str) -> type[AdapterArguments]:
+def adapter_arguments(adapter: str, where: str) -> type[AdapterArguments]:
+    """The typed arguments of an adapter; `where` names the model or file asking, in the error of an unknown one."""
     if adapter not in ADAPTERS:
-        raise ModelError(f"unknown adapter {adapter!r}; known: {', '.join(ADAPTERS)}")
+        raise ModelError(f"{where}: unknown adapter {adapter!r}; known: {', '.join(ADAPTERS)}")
     return _load(ADAPTERS[adapter])
 
 
 def validate_arguments(adapter: str, args: dict[str, Any], where: str) -> AdapterArguments:
     """`args` as the adapter's typed arguments; a ModelError (prefixed by `where`) names each unknown or invalid
     argument."""
-    arguments = adapter_arguments(adapter)
+    arguments = adapter_arguments(adapter, where)
     try:
         return arguments.model_validate(args)
     except ValidationError as error:
         problems = error.errors()
-        unknown = [".".join(map(str, p["loc"])) for p in problems if p["type"] == "extra_forbidden"]
+        unknown = [_location(p) for p in problems if p["type"] == "extra_forbidden"]
         if unknown:
             accepted = ", ".join(arguments.model_fields)
-            raise ModelError(f"{where}: unknown argument(s) {', '.join(sorted(unknown))}; accepted: {accepted}") from None
-        described = [f"{'.'.join(map(str, p['loc'])) or 'arguments'}: {_message(p)}" for p in problems]
+            raise ModelError(
+                f"{where}: unknown argument(s) {', '.join(sorted(unknown))}; accepted: {accepted}"
+            ) from None
+        described = [f"{_location(p) or 'arguments'}: {_message(p)}" for p in problems]
         raise ModelError(f"{where}: invalid argument(s): {'; '.join(described)}") from None
 
 
-def _message(problem: dict[str, Any]) -> str:
+def _location(problem: Any) -> str:
+    """The dotted argument a pydantic error is about (`encoders.smell`, not `encoders.smell.[key]`)."""
+    return ".".join(str(part) for part in problem["loc"] if part != "[key]")
+
+
+def _message(problem: Any) -> str:
     cause = problem.get("ctx", {}).get("error")
     return str(cause) if problem["type"] == "value_error" and cause else problem["msg"]
 
@@ -180,10 +188,14 @@ def load_model_specs(models_dir: Path = MODELS_DIR) -> dict[str, ModelSpec]:
         adapter, args = written.adapter, written.args
         if written.defaults:
             if written.defaults not in families:
-                families[written.defaults] = _family_defaults(models_dir / "defaults" / f"{written.defaults}.yaml")
+                families[written.defaults] = _family_defaults(
+                    path, models_dir / "defaults" / f"{written.defaults}.yaml"
+                )
             family = families[written.defaults]
             if adapter not in (None, family.adapter):
-                raise ModelError(f"{path}: adapter {adapter!r}, but its defaults {written.defaults!r} are {family.adapter!r}'s")
+                raise ModelError(
+                    f"{path}: adapter {adapter!r}, but its defaults {written.defaults!r} are {family.adapter!r}'s"
+                )
             adapter, args = family.adapter, merge_args(family.args, args)
         if adapter is None:
             raise ModelError(f"{path}: no adapter (give `adapter`, or `defaults` naming a family)")
@@ -200,9 +212,9 @@ def load_model_specs(models_dir: Path = MODELS_DIR) -> dict[str, ModelSpec]:
     return specs
 
 
-def _family_defaults(path: Path) -> FamilyDefaults:
+def _family_defaults(model_file: Path, path: Path) -> FamilyDefaults:
     if not path.is_file():
-        raise ModelError(f"{path}: no such family defaults file")
+        raise ModelError(f"{model_file}: its defaults {path}: no such family defaults file")
     try:
         return FamilyDefaults.model_validate(_read_yaml(path))
     except ValidationError as error:
@@ -292,7 +304,7 @@ def resolve_dtype(spec: ModelSpec, device: str, requested: str) -> str:
     float32 elsewhere. An explicit dtype is kept."""
     if requested != "auto":
         return requested
-    return adapter_arguments(spec.adapter).cuda_dtype if device.startswith("cuda") else "float32"
+    return adapter_arguments(spec.adapter, f"model {spec.name}").cuda_dtype if device.startswith("cuda") else "float32"
 
 
 def _load(reference: str) -> Any:

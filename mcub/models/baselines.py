@@ -6,11 +6,13 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from mcub.data import Sample
 from mcub.media import MediaInput
 from mcub.modalities import MODALITIES
-from mcub.models.base import Model, PreparedBatch, Runtime, Stop, refuse_beyond_context
+from mcub.models.base import Model, PreparedBatch, Runtime, Stop, first_character_complete, refuse_beyond_context
+from mcub.models.baseline_arguments import BlindArguments, RandomArguments
+from mcub.models.weight_hashes import small_file_hashes
 from mcub.prompts import strip_placeholders, vicuna_v1
+from mcub.schema import ModelDescription, Sample
 
 
 def sample_seed(seed: int, sample: Sample) -> int:
@@ -25,7 +27,8 @@ class RandomModel(Model):
     modalities = frozenset(MODALITIES)
     media_preprocessing = None
 
-    def __init__(self, runtime: Runtime, seed: int | None = None):
+    def __init__(self, runtime: Runtime, arguments: RandomArguments | None = None):
+        seed = arguments.seed if arguments else None
         self.seed = runtime.seed if seed is None else seed
 
     def prepare(self, samples: list[Sample], media: list[list[MediaInput]]) -> PreparedBatch:
@@ -53,8 +56,8 @@ class RandomModel(Model):
             for sample, options in zip(batch.samples, continuations, strict=True)
         ]
 
-    def describe(self) -> dict[str, Any]:
-        return {"adapter": "random", "seed": self.seed}
+    def describe(self) -> ModelDescription:
+        return ModelDescription(adapter="random", details={"seed": self.seed})
 
 
 class BlindModel(Model):
@@ -63,11 +66,11 @@ class BlindModel(Model):
     modalities = frozenset(MODALITIES)
     media_preprocessing = None
 
-    def __init__(self, pretrained: str, runtime: Runtime):
+    def __init__(self, runtime: Runtime, arguments: BlindArguments):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.pretrained = pretrained
+        self.pretrained = pretrained = arguments.pretrained
         self.runtime = runtime
         self.tokenizer = AutoTokenizer.from_pretrained(pretrained)
         self.tokenizer.padding_side = "left"
@@ -131,14 +134,16 @@ class BlindModel(Model):
             for row, (ids, start) in enumerate(zip(full, starts, strict=True))
         ]
 
-    def describe(self) -> dict[str, Any]:
-        config = Path(self.pretrained) / "config.json"
-        return {
-            "adapter": "blind",
-            "pretrained": self.pretrained,
-            "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None,
-            "dtype": self.runtime.dtype,
-        }
+    def describe(self) -> ModelDescription:
+        """The LLM's small files are hashed (config, tokenizer, shard index), which identify its weight shards."""
+        from transformers.utils import cached_file
+
+        directory = Path(cached_file(self.pretrained, "config.json", local_files_only=True)).parent
+        return ModelDescription(
+            adapter="blind",
+            weights=small_file_hashes("pretrained", directory),
+            details={"pretrained": self.pretrained, "directory": str(directory)},
+        )
 
 
 def _common_prefix(first: list[int], second: list[int]) -> int:
@@ -151,7 +156,7 @@ def _common_prefix(first: list[int], second: list[int]) -> int:
 
 
 class _FirstCharacterStop:
-    """Stops generation once every row's new text holds a non-space character (the first-character score
+    """Stops each row once its new text holds its first non-space character whole (the first-character score
     cannot change after that)."""
 
     def __init__(self, tokenizer: Any, prompt_length: int):
@@ -162,4 +167,4 @@ class _FirstCharacterStop:
         import torch
 
         texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
-        return torch.tensor([bool(text.strip()) for text in texts], device=input_ids.device)
+        return torch.tensor([first_character_complete(text) for text in texts], device=input_ids.device)

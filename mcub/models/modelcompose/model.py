@@ -3,25 +3,34 @@ and projectors of its modalities, behind the harness's Model interface."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from mcub.data import Sample
 from mcub.errors import UnsupportedInput
 from mcub.media import MediaInput
 from mcub.modalities import Modality
-from mcub.models.base import Model, ModelError, PreparedBatch, Runtime, Stop, refuse_beyond_context
+from mcub.models.base import (
+    Model,
+    ModelError,
+    PreparedBatch,
+    Runtime,
+    Stop,
+    first_character_complete,
+    refuse_beyond_context,
+)
 from mcub.models.feature_cache import FEATURES, FeatureCache, weights_fingerprint
-from mcub.models.modelcompose.checkpoint import read_checkpoint
+from mcub.models.modelcompose.arguments import ModelComposeArguments
+from mcub.models.modelcompose.checkpoint import Checkpoint, read_checkpoint
 from mcub.models.modelcompose.components import Component, resolve_components
 from mcub.models.modelcompose.compose import Composition, compose_experts, compose_merged
 from mcub.models.modelcompose.llm import LANGUAGE, ComposedLM, Span
 from mcub.models.modelcompose.tokenization import load_chunk_tokenizer
+from mcub.models.weight_hashes import weight_hashes
 from mcub.prompts import vicuna_v1
+from mcub.schema import ModelDescription, Sample
 
 MEDIA_PREPROCESSING: dict[Modality, str] = {
     "image": "clip-336-pad",
@@ -37,42 +46,24 @@ ENCODING_ORDER: tuple[Modality, ...] = ("video", "image", "point", "audio")
 
 
 class ModelComposeModel(Model):
-    """DAMC / NaiveMC: experts composed at load time (`experts` + `lambdas`) or a merged checkpoint (`merged`).
+    """DAMC / NaiveMC: experts composed at load time (`experts` + `lambdas`) or a merged checkpoint (`merged`), with
+    the encoders of its modalities only (see ModelComposeArguments)."""
 
-    `encoders` replaces the encoder locations written in the checkpoints' config.json (by modality);
-    `point_encoder` holds Point-BERT config fields when the weights are not the released size; `feature_cache`
-    is a directory where encoder features are kept between runs (keyed by media content, preprocessing and
-    encoder weights)."""
-
-    def __init__(
-        self,
-        runtime: Runtime,
-        base: str,
-        experts: Mapping[str, str] | None = None,
-        merged: str | None = None,
-        composition: str = "damc",
-        lambdas: Mapping[str, float] | None = None,
-        encoders: Mapping[str, str] | None = None,
-        point_encoder: Mapping[str, int] | None = None,
-        feature_cache: str | None = None,
-    ):
-        if (experts is None) == (merged is None):
-            raise ModelError("a ModelCompose model takes either `experts` (composed at load time) or `merged`")
-        if composition not in ("damc", "naivemc"):
-            raise ModelError(f"composition {composition!r} is neither damc nor naivemc")
+    def __init__(self, runtime: Runtime, arguments: ModelComposeArguments):
         self.runtime = runtime
-        encoders = dict(encoders or {})
-        wanted = [Component("base LLM (Vicuna)", base, "base")]
-        wanted += [Component(f"{m} expert", ref, f"experts.{m}") for m, ref in (experts or {}).items()]
-        wanted += [Component("merged checkpoint", merged, "merged")] if merged else []
+        wanted = [Component("base LLM (Vicuna)", arguments.base, "base")]
+        wanted += [Component(f"{m} expert", ref, f"experts.{m}") for m, ref in (arguments.experts or {}).items()]
+        wanted += [Component("merged checkpoint", arguments.merged, "merged")] if arguments.merged else []
+        encoders = arguments.used_encoders()
         wanted += [Component(f"{m} encoder", ref, f"encoders.{m}") for m, ref in encoders.items()]
         paths = resolve_components(wanted, runtime.offline)
-        if experts is not None:
-            checkpoints = {m: read_checkpoint(paths[f"{m} expert"]) for m in experts}
-            weights = dict(lambdas or {m: 1.0 / len(checkpoints) for m in checkpoints})
-            self.composition = compose_experts(checkpoints, weights, composition)  # type: ignore[arg-type]
+        if arguments.experts is not None:
+            checkpoints = {m: read_checkpoint(paths[f"{m} expert"]) for m in arguments.experts}
+            self.composition = compose_experts(checkpoints, arguments.coefficients(), arguments.kind)
         else:
-            self.composition = compose_merged(read_checkpoint(paths["merged checkpoint"]))
+            merged = read_checkpoint(paths["merged checkpoint"])
+            _check_stated_modalities(merged, arguments.input_modalities())
+            self.composition = compose_merged(merged)
         unplaced = [
             Component(f"{m} encoder", parts.encoder or "(none in config.json)", f"encoders.{m}")
             for m, parts in self.composition.modalities.items()
@@ -83,22 +74,23 @@ class ModelComposeModel(Model):
         self.encoder_paths = {m: paths[f"{m} encoder"] for m in self.composition.modalities}
         dtype = getattr(torch, runtime.dtype)
         llama = load_llama(self.base_path, dtype)
+        point_encoder = dict(arguments.point_encoder or {})
         encoder_modules = {
-            m: load_encoder(m, path, self.composition.modalities[m].select_layer, dict(point_encoder or {}))
+            m: load_encoder(m, path, self.composition.modalities[m].select_layer, point_encoder)
             for m, path in self.encoder_paths.items()
         }
         self._assemble(runtime, self.composition, llama, load_chunk_tokenizer(self.base_path), encoder_modules)
         self.feature_cache = (
             FeatureCache(
-                Path(feature_cache).expanduser(),
+                Path(arguments.feature_cache).expanduser(),
                 {
                     m: weights_fingerprint(
-                        path, m, self.composition.modalities[m].select_layer, runtime.dtype, point_encoder
+                        path, m, self.composition.modalities[m].select_layer, runtime.dtype, arguments.point_encoder
                     )
                     for m, path in self.encoder_paths.items()
                 },
             )
-            if feature_cache
+            if arguments.feature_cache
             else None
         )
 
@@ -237,7 +229,11 @@ class ModelComposeModel(Model):
 
     def generate(self, batch: PreparedBatch, max_new_tokens: int, stop: Stop = "eos") -> list[str]:
         packed = self.lm.pack(batch.inputs)
-        finished = (lambda tokens: bool(self.tokenizer.decode(tokens).strip())) if stop == "first-character" else None
+        finished = (
+            (lambda tokens: first_character_complete(self.tokenizer.decode(tokens)))
+            if stop == "first-character"
+            else None
+        )
         tokens = self.lm.generate(packed, max_new_tokens, self.tokenizer.eos_id, finished)
         return [self.tokenizer.decode(row) for row in tokens]
 
@@ -246,21 +242,43 @@ class ModelComposeModel(Model):
         token_ids = [[self.tokenizer.encode_text(text) for text in options] for options in continuations]
         return self.lm.continuation_logprobs(packed, token_ids)
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "adapter": "modelcompose",
-            "composition": self.composition.kind,
-            "base": str(self.base_path) if self.base_path else None,
-            "sources": self.composition.sources,
-            "routes": {
-                name: [list(item) for item in route.adapters] for name, route in self.composition.routes.items()
+    def describe(self) -> ModelDescription:
+        """The experts' (or the merged checkpoint's) adapter files and the single-file encoders are hashed whole; the
+        base LLM and the encoders kept as directories by their small files (config, tokenizer, shard index), which
+        identify their weight shards."""
+        weights: dict[str, str] = {}
+        if self.base_path:
+            weights |= weight_hashes("base", Path(self.base_path))
+        for source in self.composition.sources:
+            weights["merged" if "merged_checkpoint" in source else f"experts.{source['modality']}"] = source["sha256"]
+        for modality, path in self.encoder_paths.items():
+            weights |= weight_hashes(f"encoders.{modality}", Path(path))
+        return ModelDescription(
+            adapter="modelcompose",
+            weights=weights,
+            details={
+                "composition": self.composition.kind,
+                "base": str(self.base_path) if self.base_path else None,
+                "sources": self.composition.sources,
+                "routes": {
+                    name: [list(item) for item in route.adapters] for name, route in self.composition.routes.items()
+                },
+                "encoders": {m: str(path) for m, path in self.encoder_paths.items()},
+                "media_preprocessing": self.media_preprocessing,
+                "feature_cache": str(self.feature_cache.directory) if self.feature_cache else None,
+                "notes": self.composition.notes,
             },
-            "encoders": {m: str(path) for m, path in self.encoder_paths.items()},
-            "media_preprocessing": self.media_preprocessing,
-            "dtype": self.runtime.dtype,
-            "feature_cache": str(self.feature_cache.directory) if self.feature_cache else None,
-            "notes": self.composition.notes,
-        }
+        )
+
+
+def _check_stated_modalities(checkpoint: Checkpoint, stated: tuple[Modality, ...]) -> None:
+    """A merged checkpoint takes the modalities its model states (those its config.json places encoders for)."""
+    if set(checkpoint.modalities) != set(stated):
+        found = "+".join(checkpoint.modalities) or "no modality"
+        raise ModelError(
+            f"{checkpoint.directory / 'config.json'}: configured for {found}, but the model states "
+            f"modalities {'+'.join(stated)}"
+        )
 
 
 def load_llama(path: Path, dtype):

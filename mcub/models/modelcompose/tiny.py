@@ -9,13 +9,18 @@ import shutil
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mcub.modalities import Modality
+from mcub.models.modelcompose.arguments import ModelComposeArguments, TinyDamcArguments
 from mcub.models.modelcompose.checkpoint import ENCODER_FIELDS, PROJECTOR_FIELDS, REFERENCE_NAME, SELECT_LAYER_FIELDS
 from mcub.models.modelcompose.lora import TARGET_MODULES
+
+if TYPE_CHECKING:
+    from mcub.models.base import Runtime
+    from mcub.models.modelcompose.model import ModelComposeModel
 
 TINY_VERSION = 1
 DEFAULT_CACHE = Path.home() / ".cache" / "mcub" / f"tiny-damc-v{TINY_VERSION}"
@@ -229,17 +234,10 @@ def write_tiny_expert(directory: Path, modality: Modality, kind: str, seed: int,
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-class TinyDamcModel:
-    """Factory for the `modelcompose-tiny` adapter: the tiny files (made on first use) as a ModelComposeModel."""
+def build_tiny_damc(runtime: Runtime, arguments: TinyDamcArguments) -> ModelComposeModel:
+    """The `modelcompose-tiny` model: the tiny files (made on first use) as a ModelComposeModel."""
+    from mcub.models.modelcompose.model import ModelComposeModel
 
-    def __new__(
-        cls,
-        runtime,
-        cache_dir: str | None = None,
-        lambdas: dict[str, float] | None = None,
-        feature_cache: str | None = None,
-    ):
-        from mcub.models.modelcompose.model import ModelComposeModel
-
-        layout = tiny_damc_layout(Path(cache_dir).expanduser() if cache_dir else DEFAULT_CACHE)
-        return ModelComposeModel(runtime, lambdas=lambdas, feature_cache=feature_cache, **layout)
+    layout = tiny_damc_layout(Path(arguments.cache_dir).expanduser() if arguments.cache_dir else DEFAULT_CACHE)
+    composed = ModelComposeArguments(lambdas=arguments.lambdas, feature_cache=arguments.feature_cache, **layout)
+    return ModelComposeModel(runtime, composed)

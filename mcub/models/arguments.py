@@ -1,0 +1,39 @@
+"""The typed arguments of a model adapter: what names and values it takes, the modalities and weights they amount
+to, the dtype `auto` means on CUDA and the callable that builds the model. Importable without torch (the registry,
+`--list-models` and the checks before a run use it)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from mcub.modalities import MODALITIES, Modality
+
+
+class AdapterArguments(BaseModel):
+    """The base of every adapter's arguments; a subclass declares its fields and overrides what differs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    builder: ClassVar[str]
+    """`module:callable` that builds the Model from `(runtime, arguments)`; imported only to build it."""
+    cuda_dtype: ClassVar[str] = "bfloat16"
+    """The dtype `--dtype auto` stands for on CUDA (float32 elsewhere)."""
+
+    def input_modalities(self) -> tuple[Modality, ...]:
+        """The modalities the model takes, in the order of MODALITIES."""
+        return MODALITIES
+
+    def components(self) -> list[str]:
+        """The weights the model is built from, as `role=reference` (hub ids or local paths)."""
+        return []
+
+    def effective(self) -> dict[str, Any]:
+        """The arguments the model uses, as given (defaults not given are left out)."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+def in_modality_order(modalities: Collection[Modality]) -> tuple[Modality, ...]:
+    return tuple(m for m in MODALITIES if m in modalities)
