@@ -63,8 +63,9 @@ def plan_run(request: EvalRequest, registry: Registry, log: Log = _stderr) -> Pl
     device = resolve_device(request.device)
     plan = Plan(spec, check_model_args(spec, request.model_args), device, resolve_dtype(spec, device, request.dtype))
     named = registry.resolve(request.tasks) if request.tasks else list(registry.tasks.values())
+    takes = set(spec.arguments(request.model_args).input_modalities())
     for task in named:
-        missing = set(task.modalities) - set(spec.modalities)
+        missing = set(task.modalities) - takes
         try:
             if missing:
                 raise RunError(f"model {spec.name} lacks {', '.join(sorted(missing))}")
@@ -137,11 +138,7 @@ def run(request: EvalRequest, log: Log = _stderr) -> tuple[RunSummary | None, Pa
         runtime = Runtime(device, plan.dtype, request.seed, offline=not request.download)
         model = build_model(plan.spec, request.model_args, runtime)
         description = model.describe()
-        if isinstance(description, dict):
-            from mcub.schema import ModelDescription
-
-            description = ModelDescription(adapter=description.pop("adapter"), details=description)
-        lacking = set(plan.spec.modalities) - set(model.modalities)
+        lacking = set(plan.spec.arguments(request.model_args).input_modalities()) - set(model.modalities)
         if lacking:
             raise RunError(f"model {plan.spec.name} is declared with {', '.join(sorted(lacking))}, which it lacks")
         if dist.is_main:

@@ -106,12 +106,10 @@ def test_bad_names_and_arguments_are_clear_errors(tmp_path, capsys, args, messag
 
 
 def _audio_only_random(monkeypatch):
-    """`random` declared with the audio modality only."""
-    from mcub.models import base
+    """`random` declared by its adapter with the audio modality only."""
+    from mcub.models.baseline_arguments import RandomArguments
 
-    specs = base.load_model_specs()
-    audio_only = specs["random"].model_copy(update={"modalities": ("audio",)})
-    monkeypatch.setattr(base, "load_model_specs", lambda *args: {**specs, "random": audio_only})
+    monkeypatch.setattr(RandomArguments, "input_modalities", lambda self: ("audio",))
 
 
 def test_a_model_without_a_modality_skips_or_refuses(tmp_path, capsys, monkeypatch):

@@ -198,7 +198,7 @@ def test_qformer_batch_rows_are_independent() -> None:
     with torch.no_grad():
         batch = projector(features)
         rows = torch.cat([projector(features[i : i + 1]) for i in range(3)])
-    torch.testing.assert_close(batch, rows, rtol=0, atol=1e-6)
+    torch.testing.assert_close(batch, rows, rtol=1.3e-6, atol=1e-6)  # fp32 rounding of other matmul blockings
     assert (batch[0] - batch[1]).abs().max() > 1e-2
 
 

@@ -57,7 +57,7 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 TASK = """
 family: f
-defaults: {{answers: a.json, answer_type: letter, protocol: paper}}
+defaults: {{answers: a.json, answer_type: letter, protocol: paper, paper_match: first-character}}
 tasks:
   - {{name: t, description: d, modalities: [image], questions: q.json{extra}}}
 groups:
@@ -72,6 +72,8 @@ groups:
         ("", "t, nope", "unknown task 'nope'"),
         (", modalities: [smell]", "t", "modalities"),
         ("", "t, g", "contains itself"),
+        (", paper_match: null", "t", "task t has no `paper` protocol"),
+        (", protocol: papr", "t", "unknown protocol 'papr'; did you mean paper"),
     ],
 )
 def test_invalid_task_files_are_rejected_with_the_reason(tmp_path, extra, members, message):
