@@ -92,10 +92,10 @@ def print_report(report: CheckReport, out=None) -> None:
 def main(argv: list[str] | None = None) -> int:
     import os
 
-    from mcub.cli import add_data_arguments, data_paths, split_names
+    from mcub.cli import DONE, VERDICT, add_data_arguments, data_paths, run_command, split_names
     from mcub.tasks import load_registry
 
-    parser = argparse.ArgumentParser(prog="python -m mcub.data", description="Check task data before a long run.")
+    parser = argparse.ArgumentParser(prog="mcub data", description="Check task data before a long run.")
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="read every question file and decode every media file of some tasks")
     check.add_argument("--tasks", required=True, help="task and group names, comma-separated")
@@ -103,10 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding threads")
     check.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    try:
+
+    def command() -> int:
         tasks = load_registry().resolve(split_names(args.tasks))
-    except McubError as error:
-        parser.error(str(error))
-    report = check_tasks(tasks, data_paths(args), args.workers, progress=not args.no_progress)
-    print_report(report)
-    return 1 if report.problems else 0
+        report = check_tasks(tasks, data_paths(args), args.workers, progress=not args.no_progress)
+        print_report(report)
+        return VERDICT if report.problems else DONE
+
+    return run_command(command)
