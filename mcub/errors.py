@@ -34,3 +34,21 @@ class UnsupportedInput(McubError):
 
 class RunError(McubError):
     """A run cannot go on (strict mode met an error, a task cannot be run as asked, a run cannot be resumed)."""
+
+
+def problem_location(problem: dict) -> str:
+    """The dotted field one pydantic problem is about (`encoders.smell`, not `encoders.smell.[key]`)."""
+    return ".".join(str(part) for part in problem["loc"] if part != "[key]")
+
+
+def problem_message(problem: dict) -> str:
+    """A pydantic problem's message; for a validator's own ValueError, its text alone."""
+    cause = problem.get("ctx", {}).get("error")
+    return str(cause) if problem["type"] == "value_error" and cause else problem["msg"]
+
+
+def validation_problems(error, default: str, limit: int | None = None) -> str:
+    """A pydantic ValidationError as `field: message; ...` (`default` names a problem with the whole value), its
+    first `limit` problems only when given."""
+    problems = error.errors()[:limit]
+    return "; ".join(f"{problem_location(p) or default}: {problem_message(p)}" for p in problems)

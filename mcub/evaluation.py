@@ -46,6 +46,7 @@ class Plan:
 
     spec: ModelSpec
     model_args: dict
+    modalities: frozenset[str]
     device: str
     dtype: str
     datasets: list[TaskData] = field(default_factory=list)
@@ -57,13 +58,14 @@ class Plan:
 def plan_run(request: EvalRequest, registry: Registry, log: Log = _stderr) -> Plan:
     """Resolve and check the request: model id and arguments, task names, each task's protocol and data files.
     A task the model cannot take is skipped (with the reason) unless it was named, when it is an error."""
-    from mcub.models.base import check_model_args, find_model_spec, load_model_specs, resolve_dtype
+    from mcub.models.base import checked_arguments, find_model_spec, load_model_specs, resolve_dtype
 
     spec = find_model_spec(request.model, load_model_specs())
     device = resolve_device(request.device)
-    plan = Plan(spec, check_model_args(spec, request.model_args), device, resolve_dtype(spec, device, request.dtype))
+    arguments = checked_arguments(spec, request.model_args)
+    takes = frozenset(arguments.input_modalities())
+    plan = Plan(spec, arguments.effective(), takes, device, resolve_dtype(spec, device, request.dtype))
     named = registry.resolve(request.tasks) if request.tasks else list(registry.tasks.values())
-    takes = set(spec.arguments(request.model_args).input_modalities())
     for task in named:
         missing = set(task.modalities) - takes
         try:
@@ -138,7 +140,7 @@ def run(request: EvalRequest, log: Log = _stderr) -> tuple[RunSummary | None, Pa
         runtime = Runtime(device, plan.dtype, request.seed, offline=not request.download)
         model = build_model(plan.spec, request.model_args, runtime)
         description = model.describe()
-        lacking = set(plan.spec.arguments(request.model_args).input_modalities()) - set(model.modalities)
+        lacking = plan.modalities - set(model.modalities)
         if lacking:
             raise RunError(f"model {plan.spec.name} is declared with {', '.join(sorted(lacking))}, which it lacks")
         if dist.is_main:

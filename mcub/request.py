@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from mcub.errors import McubError
+from mcub.errors import McubError, validation_problems
 from mcub.schema import DEFAULT_DATA_ROOT, DataPaths, ScorerSettings
 
 DEFAULT_OUTPUT_DIR = Path("results")
@@ -78,10 +78,7 @@ class EvalRequest(BaseModel):
         try:
             return cls.model_validate(values)
         except ValidationError as error:
-            problems = "; ".join(
-                f"{'.'.join(str(part) for part in item['loc']) or 'request'}: {item['msg']}" for item in error.errors()
-            )
-            raise RequestError(f"{source}: {problems}") from None
+            raise RequestError(f"{source}: {validation_problems(error, 'request')}") from None
 
     @classmethod
     def read_yaml(cls, path: Path) -> dict[str, Any]:

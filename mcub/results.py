@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from mcub.errors import McubError
+from mcub.errors import McubError, validation_problems
 from mcub.schema import SCHEMA_VERSION, Environment, Record, RunSummary
 
 DEFAULT_OUTPUT_DIR = Path("results")
@@ -53,9 +53,8 @@ def parse_record(line: str, path: Path, number: int) -> Record:
     try:
         return Record.model_validate_json(line)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "record"
-        raise RunFileError(f"{path}:{number}: not a valid record ({where}: {first['msg']})") from None
+        problem = validation_problems(error, "record", limit=1)
+        raise RunFileError(f"{path}:{number}: not a valid record ({problem})") from None
 
 
 def read_records(path: Path, repair: bool = True) -> tuple[dict[str, Record], list[str]]:
@@ -139,9 +138,8 @@ def read_summary(run_dir: Path) -> RunSummary:
     try:
         return RunSummary.model_validate(raw)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise RunFileError(f"{path}: not a valid run summary ({where}: {first['msg']})") from None
+        problem = validation_problems(error, "summary", limit=1)
+        raise RunFileError(f"{path}: not a valid run summary ({problem})") from None
 
 
 def _percent(value: float | None) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from mcub.errors import McubError, UnsupportedInput
+from mcub.errors import McubError, UnsupportedInput, problem_location, validation_problems
 from mcub.media import MediaInput
 from mcub.modalities import Modality
 from mcub.models.arguments import AdapterArguments
@@ -156,24 +156,13 @@ def validate_arguments(adapter: str, args: dict[str, Any], where: str) -> Adapte
         return arguments.model_validate(args)
     except ValidationError as error:
         problems = error.errors()
-        unknown = [_location(p) for p in problems if p["type"] == "extra_forbidden"]
+        unknown = [problem_location(p) for p in problems if p["type"] == "extra_forbidden"]
         if unknown:
             accepted = ", ".join(arguments.model_fields)
             raise ModelError(
                 f"{where}: unknown argument(s) {', '.join(sorted(unknown))}; accepted: {accepted}"
             ) from None
-        described = [f"{_location(p) or 'arguments'}: {_message(p)}" for p in problems]
-        raise ModelError(f"{where}: invalid argument(s): {'; '.join(described)}") from None
-
-
-def _location(problem: Any) -> str:
-    """The dotted argument a pydantic error is about (`encoders.smell`, not `encoders.smell.[key]`)."""
-    return ".".join(str(part) for part in problem["loc"] if part != "[key]")
-
-
-def _message(problem: Any) -> str:
-    cause = problem.get("ctx", {}).get("error")
-    return str(cause) if problem["type"] == "value_error" and cause else problem["msg"]
+        raise ModelError(f"{where}: invalid argument(s): {validation_problems(error, 'arguments')}") from None
 
 
 def load_model_specs(models_dir: Path = MODELS_DIR) -> dict[str, ModelSpec]:
