@@ -27,6 +27,7 @@ from mcub.results import (
     write_records,
     write_summary,
 )
+from mcub.runner.receipts import media_consumption
 from mcub.schema import DataPaths, GroupMetrics, ModelInfo, RunSummary, ScorerSettings, Settings, TaskSummary
 from mcub.scorer import ScoringContext, check_scorable, recorded_judgements, score_records
 from mcub.scoring import group_metrics, task_metrics
@@ -72,6 +73,9 @@ def plan_run(request: EvalRequest, registry: Registry, log: Log = _stderr) -> Pl
             if missing:
                 raise RunError(f"model {spec.name} lacks {', '.join(sorted(missing))}")
             protocol = protocol_for(task, request.protocol)
+            refusal = arguments.decoding_refusal(protocol.decoding(task, request.max_new_tokens).kind)
+            if refusal is not None:
+                raise RunError(f"model {spec.name} cannot run protocol {protocol.name}: {refusal}")
             data = load_task(task, request.data_paths)
         except (RunError, ProtocolError, DataError) as error:
             reason = str(error)
@@ -245,6 +249,7 @@ def summarize(
             answer_sha256=data.answer_sha256,
             data_problems=[str(problem) for problem in data.record_problems] + notes.get(data.task.name, []),
             metrics=task_metrics([sample.id for sample in samples], records, data.task.breakdown, seed),
+            media=media_consumption(records[sample.id] for sample in samples if sample.id in records),
         )
     group_summaries = {
         name: group_metrics({task: tasks[task].metrics for task in members}, seed)

@@ -101,6 +101,19 @@ class ScorerSettings(_Frozen):
         return {"embedder": self.embedder, "judge": self.judge.identity() if self.judge else None}
 
 
+class MediaReceipt(_Frozen):
+    """What a model consumed of one media input of a sample, as the model reports it. The runner checks a sample's
+    receipts against its media (same modalities and files, in placeholder order, none consumed as nothing)."""
+
+    modality: Modality
+    path: str
+    positions: int | None
+    """The LLM positions (tokens) the input occupies in the model's input; None where the model cannot count them
+    (a server, which reports what it was sent in `details` instead)."""
+    details: dict[str, Any] = {}
+    """What of the input was consumed: frames, audio seconds, points, bytes sent and their sha256, ..."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How one output was read: the answer taken from it, by which rule, and whether it is right."""
@@ -157,6 +170,8 @@ class Record(BaseModel):
     """Whether the outcome part is filled (False between generation and scoring)."""
     media: list[dict[str, Any]]
     """Per media input, its provenance: path, sha256, preprocessing, frames, audio window, point count, ..."""
+    receipts: list[MediaReceipt] | None = None
+    """Per media input, what the model consumed of it (None: the sample was not posed, or the model reads no media)."""
     meta: dict[str, Any]
     """The sample's extra fields (question type, ...) used by breakdowns."""
     timing: dict[str, float]
@@ -208,8 +223,18 @@ class GroupMetrics(BaseModel):
 # --- summaries ----------------------------------------------------------------------------------------------
 
 
+class MediaConsumption(BaseModel):
+    """A task's media inputs of one modality: how many its posed samples carried, how many the model's receipts show
+    consumed, and the LLM positions they took (over the receipts that count positions)."""
+
+    inputs: int
+    consumed: int
+    positions: int
+
+
 class TaskSummary(BaseModel):
-    """A task as run: its definition's scoring, its data files and their hashes, and its metrics."""
+    """A task as run: its definition's scoring, its data files and their hashes, its metrics, and the media its
+    model consumed per modality (from the records' receipts)."""
 
     task: str
     family: str
@@ -221,6 +246,7 @@ class TaskSummary(BaseModel):
     answer_sha256: str
     data_problems: list[str]
     metrics: TaskMetrics
+    media: dict[Modality, MediaConsumption] = {}
 
 
 class ModelDescription(BaseModel):

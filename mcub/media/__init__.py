@@ -66,3 +66,17 @@ def check_file(path: str) -> None:
         raise MediaError(path, "not a regular file")
     if size == 0:
         raise MediaError(path, "empty file (0 bytes)")
+
+
+def consumed(media: MediaInput) -> dict[str, Any]:
+    """What a decoded input hands a model, from its provenance: an image's size, a video's frames, the seconds of
+    audio in the window used, the points of a cloud (for media receipts)."""
+    provenance = media.provenance
+    if media.modality == "video":
+        return {"frames": len(provenance["frame_indices"])}
+    if media.modality == "audio":
+        start, end = provenance.get("window_s") or (0.0, provenance["samples"] / provenance["rate"])
+        return {"seconds": round(end - start, 6)}
+    if media.modality == "point":
+        return {"points": provenance.get("resampled_to", provenance["count"])}
+    return {"width": provenance["width"], "height": provenance["height"]}

@@ -80,6 +80,7 @@ def resample_points(points: np.ndarray, count: int, seed: int) -> tuple[np.ndarr
     return points[chosen], {
         "resampled": True,
         "resampled_from": int(points.shape[0]),
+        "resampled_to": count,
         "sampling_seed": seed,
         "with_replacement": with_replacement,
     }

@@ -30,6 +30,15 @@ class AdapterArguments(BaseModel):
         """The weights the model is built from, as `role=reference` (hub ids or local paths)."""
         return []
 
+    def missing(self) -> list[str]:
+        """Arguments a run needs that a model file may leave to the command line (`model`, `base_url` of a server)."""
+        return []
+
+    def decoding_refusal(self, kind: str) -> str | None:
+        """Why the model cannot answer a decoding kind (`generate`, `loglik`), checked before any weight is read;
+        None: it can."""
+        return None
+
     def effective(self) -> dict[str, Any]:
         """The arguments the model uses, as given (defaults not given are left out)."""
         return self.model_dump(mode="json", exclude_unset=True)

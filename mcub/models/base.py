@@ -16,7 +16,7 @@ from mcub.media import MediaInput
 from mcub.modalities import Modality
 from mcub.models.arguments import AdapterArguments
 from mcub.models.feature_cache import FeatureCache
-from mcub.schema import ModelDescription, Sample, Stop
+from mcub.schema import MediaReceipt, ModelDescription, Sample, Stop
 
 MODELS_DIR = Path(__file__).resolve().parent.parent.parent / "models"
 # Each adapter's typed arguments (`module:class`, importable without torch); they name the model's builder.
@@ -25,6 +25,8 @@ ADAPTERS = {
     "blind": "mcub.models.baseline_arguments:BlindArguments",
     "modelcompose": "mcub.models.modelcompose.arguments:ModelComposeArguments",
     "modelcompose-tiny": "mcub.models.modelcompose.arguments:TinyDamcArguments",
+    "qwen-omni": "mcub.models.qwen_omni.arguments:QwenOmniArguments",
+    "openai-compatible": "mcub.models.openai_compatible.arguments:OpenAICompatibleArguments",
 }
 # --model-arg names that are not Python identifiers, and the argument each stands for.
 ARGUMENT_ALIASES = {"lambda": "lambdas"}
@@ -46,11 +48,14 @@ class Runtime:
 
 @dataclass
 class PreparedBatch:
-    """Samples made ready for a model: `prompts` are the rendered prompts, `inputs` the model's own tensors."""
+    """Samples made ready for a model: `prompts` are the rendered prompts, `inputs` the model's own tensors, and
+    `receipts` per sample what the model consumes of each of its media inputs (set by `prepare`, or by `generate`
+    and `loglik` where only the answer shows it; see `mcub.runner.receipts`)."""
 
     samples: list[Sample]
     prompts: list[str]
     inputs: Any = None
+    receipts: list[list[MediaReceipt]] | None = None
 
 
 class Model(ABC):
@@ -61,6 +66,9 @@ class Model(ABC):
     modalities: frozenset[Modality]
     media_preprocessing: dict[Modality, str] | None
     feature_cache: FeatureCache | None = None
+    reads_media: bool = True
+    """False only for the null baselines that answer without media by design (random, blind): their samples carry
+    no receipts. Every other model must give a receipt per media input, or its answer is an error record."""
 
     @abstractmethod
     def prepare(self, samples: list[Sample], media: list[list[MediaInput]]) -> PreparedBatch:
@@ -266,6 +274,9 @@ def checked_arguments(spec: ModelSpec, overrides: dict[str, Any]) -> AdapterArgu
     """The spec's typed arguments with `overrides` on top; an override the model would not use (the encoder of a
     modality it lacks) is an error, not silently dropped."""
     arguments = spec.arguments(overrides)
+    missing = arguments.missing()
+    if missing:
+        raise ModelError(f"model {spec.name}: give {', '.join(f'--model-arg {name}=...' for name in missing)}")
     effective = arguments.effective()
     unused = [path for path in _leaf_paths(overrides) if not _holds(effective, path)]
     if unused:

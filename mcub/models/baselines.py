@@ -26,6 +26,7 @@ class RandomModel(Model):
 
     modalities = frozenset(MODALITIES)
     media_preprocessing = None
+    reads_media = False
 
     def __init__(self, runtime: Runtime, arguments: RandomArguments | None = None):
         seed = arguments.seed if arguments else None
@@ -65,6 +66,7 @@ class BlindModel(Model):
 
     modalities = frozenset(MODALITIES)
     media_preprocessing = None
+    reads_media = False
 
     def __init__(self, runtime: Runtime, arguments: BlindArguments):
         import torch

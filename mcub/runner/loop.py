@@ -20,7 +20,8 @@ from mcub.results import RecordLog, consolidate_records, read_records
 from mcub.runner.batching import find_batch_size, length_sorted_batches
 from mcub.runner.distributed import Distributed
 from mcub.runner.loading import LoadedSample, SampleDataset, load_batches
-from mcub.schema import Decoding, Record
+from mcub.runner.receipts import receipt_problem
+from mcub.schema import Decoding, MediaReceipt, Record
 from mcub.tasks import TaskSpec
 
 
@@ -58,9 +59,14 @@ class Query:
         return [(text, None) for text in texts]
 
     def answer_batch(self, model: Model, items: list[LoadedSample]):
-        """Prepare decoded samples as one batch and ask it: the rendered prompts and the answers."""
+        """Prepare decoded samples as one batch and ask it: the rendered prompts, the answers and the media receipts
+        (None per sample where the model gave none)."""
         prepared = model.prepare([item.sample for item in items], [item.media for item in items])
-        return list(prepared.prompts), self.ask(model, prepared)
+        answers = self.ask(model, prepared)
+        receipts = prepared.receipts if prepared.receipts is not None else [None] * len(items)
+        if len(receipts) != len(items):
+            raise RunError(f"{type(model).__name__} gave receipts for {len(receipts)} of {len(items)} samples")
+        return list(prepared.prompts), answers, list(receipts)
 
 
 BatchScope = Callable[[list[LoadedSample]], AbstractContextManager]
@@ -125,11 +131,12 @@ def evaluate_batch(
                 raise RunError(f"{data.task.name} sample {item.sample.id}: {item.error}")
     prompts: list[str | None] = [None] * len(ready)
     answers: list[tuple[str | None, dict[str, float] | None]] = [(None, None)] * len(ready)
+    receipts: list[list[MediaReceipt] | None] = [None] * len(ready)
     model_error = None
     start = time.perf_counter()
     if ready:
         try:
-            prompts, answers = query.answer_batch(model, ready)
+            prompts, answers, receipts = query.answer_batch(model, ready)
         except Exception as error:  # noqa: BLE001 - recorded per sample below; strict mode re-raises
             if settings.strict:
                 raise
@@ -145,10 +152,14 @@ def evaluate_batch(
         index = by_id.get(id(item))
         posed = index is not None and model_error is None
         prompt, (output, logliks) = (prompts[index], answers[index]) if posed else (None, (None, None))
+        receipt = receipts[index] if posed else None
         error = item.error or model_error
-        records.append(
-            _raw_record(item, data, query, prompt, output, logliks, error, model_s if index is not None else 0.0)
-        )
+        if posed and model.reads_media:
+            error = receipt_problem(item.sample, receipt)
+            if error is not None and settings.strict:
+                raise RunError(f"{data.task.name} sample {item.sample.id}: {error}")
+        record = _raw_record(item, data, query, prompt, output, logliks, error, model_s if index is not None else 0.0)
+        records.append(record.model_copy(update={"receipts": receipt}) if posed and model.reads_media else record)
     return records
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from mcub.errors import UnsupportedInput
-from mcub.media import MediaInput
+from mcub.media import MediaInput, consumed
 from mcub.modalities import Modality
 from mcub.models.base import (
     Model,
@@ -30,7 +30,7 @@ from mcub.models.modelcompose.llm import LANGUAGE, ComposedLM, Span
 from mcub.models.modelcompose.tokenization import load_chunk_tokenizer
 from mcub.models.weight_hashes import weight_hashes
 from mcub.prompts import vicuna_v1
-from mcub.schema import ModelDescription, Sample
+from mcub.schema import MediaReceipt, ModelDescription, Sample
 
 MEDIA_PREPROCESSING: dict[Modality, str] = {
     "image": "clip-336-pad",
@@ -164,7 +164,7 @@ class ModelComposeModel(Model):
                 sample_spans.append(Span(LANGUAGE, token_ids=tuple(text)))
             spans.append(sample_spans)
         refuse_beyond_context(samples, [sum(map(len, sample_spans)) for sample_spans in spans], self.lm.context_length)
-        return PreparedBatch(samples, prompts, spans)
+        return PreparedBatch(samples, prompts, spans, _receipts(media, spans))
 
     @torch.inference_mode()
     def _modality_blocks(
@@ -286,6 +286,20 @@ def load_llama(path: Path, dtype):
     from transformers import LlamaForCausalLM
 
     return LlamaForCausalLM.from_pretrained(path, dtype=dtype)
+
+
+def _receipts(media: list[list[MediaInput]], spans: list[list[Span]]) -> list[list[MediaReceipt]]:
+    """Per sample, each media input's routed span: its positions (local tokens included) and what was decoded."""
+    receipts = []
+    for items, sample_spans in zip(media, spans, strict=True):
+        routed = [span for span in sample_spans if span.embeddings is not None]
+        receipts.append(
+            [
+                MediaReceipt(modality=item.modality, path=item.path, positions=len(span), details=consumed(item))
+                for item, span in zip(items, routed, strict=True)
+            ]
+        )
+    return receipts
 
 
 def _content(item: MediaInput, index: int) -> tuple:
