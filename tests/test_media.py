@@ -178,7 +178,13 @@ def test_normalize_and_seeded_resampling():
     down, info = resample_points(points, 100, seed=3)
     again, _ = resample_points(points, 100, seed=3)
     assert down.shape == (100, 6) and np.array_equal(down, again)
-    assert info == {"resampled": True, "resampled_from": 500, "sampling_seed": 3, "with_replacement": False}
+    assert info == {
+        "resampled": True,
+        "resampled_from": 500,
+        "resampled_to": 100,
+        "sampling_seed": 3,
+        "with_replacement": False,
+    }
     up, info = resample_points(points, 800, seed=3)
     assert up.shape == (800, 6) and info["with_replacement"] is True
     same, info = resample_points(points, 500, seed=3)
