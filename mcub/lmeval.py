@@ -19,6 +19,7 @@ from lm_eval.api.registry import model_registry
 
 from mcub.data import load_task
 from mcub.errors import McubError
+from mcub.models.base import PreparedBatch
 from mcub.protocols import PROTOCOLS, Answer, get_protocol
 from mcub.schema import DataPaths, Sample, ScorerSettings
 from mcub.tasks import TaskSpec, load_registry
@@ -144,6 +145,18 @@ class McubLM(LM):
                 raise McubError(f"sample {failed[0].sample.id} of {failed[0].sample.task}: {failed[0].error}")
             yield chunk, self.model.prepare([item.sample for item in loaded], [item.media for item in loaded])
 
+    def _check_receipts(self, prepared: PreparedBatch) -> None:
+        """lm-eval has no per-sample error: a sample whose media the model did not consume stops the evaluation."""
+        from mcub.runner.receipts import receipt_problem
+
+        if not self.model.reads_media:
+            return
+        receipts = prepared.receipts or [None] * len(prepared.samples)
+        for sample, sample_receipts in zip(prepared.samples, receipts, strict=True):
+            problem = receipt_problem(sample, sample_receipts)
+            if problem is not None:
+                raise McubError(f"sample {sample.id} of {sample.task}: {problem}")
+
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
         wanted: dict[str, list[str]] = {}
         for request in requests:
@@ -152,9 +165,9 @@ class McubLM(LM):
         scores: dict[tuple[str, str], float] = {}
         for contexts, prepared in self._batches(wanted):
             continuations = [list(dict.fromkeys(wanted[context])) for context in contexts]
-            for context, options, values in zip(
-                contexts, continuations, self.model.loglik(prepared, continuations), strict=True
-            ):
+            values_per_context = self.model.loglik(prepared, continuations)
+            self._check_receipts(prepared)
+            for context, options, values in zip(contexts, continuations, values_per_context, strict=True):
                 scores.update({(context, option): value for option, value in zip(options, values, strict=True)})
         return [(scores[(r.args[0], r.args[1].strip())], False) for r in requests]
 
@@ -163,7 +176,9 @@ class McubLM(LM):
         texts: dict[str, str] = {}
         for contexts, prepared in self._batches(settings):
             limit = max(int(settings[context].get("max_gen_toks", 128)) for context in contexts)
-            for context, text in zip(contexts, self.model.generate(prepared, limit), strict=True):
+            generated = self.model.generate(prepared, limit)
+            self._check_receipts(prepared)
+            for context, text in zip(contexts, generated, strict=True):
                 for stop in settings[context].get("until") or []:
                     text = text.split(stop)[0]
                 texts[context] = text

@@ -161,3 +161,21 @@ def test_modelcompose_receipts_equal_its_routed_spans(tmp_path):
     assert receipts[2].details == {"points": media[2].provenance["count"]}
     assert receipts[3].details == {"frames": 8}
     assert receipt_problem(sample, receipts) is None
+
+
+def test_lm_eval_stops_at_a_sample_whose_media_the_model_did_not_consume(dropping):
+    from types import SimpleNamespace
+
+    from mcub.data import load_task
+    from mcub.errors import McubError
+    from mcub.lmeval import McubLM, doc_to_text, sample_doc
+    from mcub.schema import DataPaths
+    from mcub.tasks import load_registry
+
+    [task] = load_registry().resolve(["mcub-sample"])
+    data = load_task(task, DataPaths())
+    context = doc_to_text(sample_doc(data.samples[0], task))
+    request = SimpleNamespace(args=(context, {"until": [], "max_gen_toks": 4}))
+    assert McubLM(model="dropping").generate_until([request]) == ["A"]
+    with pytest.raises(McubError, match=r"sample mcub-sample-0 of mcub-sample: media not consumed: audio input 2"):
+        McubLM(model="dropping", drop="audio").generate_until([request])
