@@ -1,18 +1,21 @@
 """What the command-line tools share: the data, device and scorer flags, and one way to end. Exit codes: 0 done,
 1 a negative verdict (a regression, a rejected submission, problems in the data), 2 a usage or input error, printed
-as one line `error: ...` that names the file, id, key or flag (no traceback); 130 interrupted."""
+as one line `error: ...` that names the file, id, key or flag (no traceback); 130 interrupted (SIGINT), 143
+terminated (SIGTERM)."""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from mcub.errors import McubError
+from mcub.errors import McubError, RunInterrupted, Terminated
 from mcub.schema import DEFAULT_DATA_ROOT, DataPaths
 
-DONE, VERDICT, USAGE, INTERRUPTED = 0, 1, 2, 130
+DONE, VERDICT, USAGE, INTERRUPTED, TERMINATED = 0, 1, 2, 130, 143
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,12 +78,23 @@ def split_names(text: str) -> list[str]:
 
 
 def run_command(command: Callable[[], int]) -> int:
-    """Run a command's body: user errors become one `error:` line and exit code 2, Ctrl-C a short note and 130."""
+    """Run a command's body: user errors become one `error:` line and exit code 2; Ctrl-C (SIGINT) and SIGTERM one
+    line (an interrupted run's says what was saved and how to resume) and 130 or 143, never a traceback."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         return command()
     except (McubError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return USAGE
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return INTERRUPTED
+    except KeyboardInterrupt as stop:
+        print(str(stop) if isinstance(stop, RunInterrupted) else "interrupted", file=sys.stderr)
+        terminated = stop.terminated if isinstance(stop, RunInterrupted) else isinstance(stop, Terminated)
+        return TERMINATED if terminated else INTERRUPTED
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated("SIGTERM")

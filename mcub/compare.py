@@ -10,7 +10,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mcub.results import RunFiles
+from mcub.results import RunFiles, write_atomically
 from mcub.stats import PairedDifference, holm, paired_difference
 
 
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         comparison = compare_runs(RunFiles(args.base), RunFiles(args.new), args.alpha, args.max_drop, args.seed)
         print_comparison(comparison)
         if args.json:
-            args.json.write_text(json.dumps(asdict(comparison), indent=2) + "\n", encoding="utf-8")
+            write_atomically(args.json, json.dumps(asdict(comparison), indent=2) + "\n")
         return VERDICT if comparison.regressed else 0
 
     try:

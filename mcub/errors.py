@@ -36,6 +36,19 @@ class RunError(McubError):
     """A run cannot go on (strict mode met an error, a task cannot be run as asked, a run cannot be resumed)."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt (see `mcub.cli.run_command`)."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT or SIGTERM after its records were flushed: the message says what was saved and how to
+    continue."""
+
+    def __init__(self, message: str, terminated: bool):
+        super().__init__(message)
+        self.terminated = terminated
+
+
 def problem_location(problem: dict) -> str:
     """The dotted field one pydantic problem is about (`encoders.smell`, not `encoders.smell.[key]`)."""
     return ".".join(str(part) for part in problem["loc"] if part != "[key]")

@@ -6,18 +6,22 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mcub import __version__
 from mcub.data import TaskData, load_task
-from mcub.errors import DataError, RunError
+from mcub.errors import DataError, RunError, RunInterrupted, Terminated
 from mcub.models.base import ModelSpec
 from mcub.protocols import Protocol, ProtocolError, protocol_for
 from mcub.request import EvalRequest
 from mcub.results import (
+    REQUEST_FILE,
     RunFiles,
     check_identity,
+    count_saved_records,
     environment,
     git_revision,
     new_run_name,
@@ -27,11 +31,15 @@ from mcub.results import (
     write_records,
     write_summary,
 )
+from mcub.run_lock import RunLock
 from mcub.runner.receipts import media_consumption
 from mcub.schema import DataPaths, GroupMetrics, ModelInfo, RunSummary, ScorerSettings, Settings, TaskSummary
 from mcub.scorer import ScoringContext, check_scorable, recorded_judgements, score_records
 from mcub.scoring import group_metrics, task_metrics
 from mcub.tasks import Registry, load_registry
+
+if TYPE_CHECKING:
+    from mcub.runner.distributed import Distributed
 
 Log = Callable[[str], None]
 
@@ -126,81 +134,112 @@ def evaluate(request: EvalRequest, log: Log = _stderr) -> RunSummary | None:
 
 def run(request: EvalRequest, log: Log = _stderr) -> tuple[RunSummary | None, Path]:
     """`evaluate`, also returning the run directory."""
-    from mcub.models.base import Runtime, build_model
     from mcub.runner.distributed import Distributed
-    from mcub.runner.loop import Query, RunSettings, run_task
 
     plan = plan_run(request, load_registry(), log)
     dist = Distributed.from_environment(plan.device)
-    try:
+    with ExitStack() as held:
+        held.callback(dist.close)
         device = dist.local_device(plan.device)
         run_dir = _run_dir(request, plan.spec.name, dist)
-        expected = identity(request, plan)
-        resolved = request.model_copy(update={"dtype": plan.dtype, "model_args": plan.model_args, "run_name": None,
-                                              "resume": False})  # fmt: skip
         if dist.is_main:
-            start_run(run_dir, expected, resolved.to_yaml(), request.resume)
-        dist.barrier()
-        runtime = Runtime(device, plan.dtype, request.seed, offline=not request.download)
-        model = build_model(plan.spec, request.model_args, runtime)
-        description = model.describe()
-        lacking = plan.modalities - set(model.modalities)
-        if lacking:
-            raise RunError(f"model {plan.spec.name} is declared with {', '.join(sorted(lacking))}, which it lacks")
-        if dist.is_main:
-            check_identity(run_dir, {**expected, "weights": description.weights})
-        settings = RunSettings(request.batch_size, request.num_workers, request.strict, request.limit,
-                               pin_memory=device.startswith("cuda"))  # fmt: skip
-        notes: dict[str, list[str]] = {}
-        for data in plan.datasets:
-            protocol = plan.protocols[data.task.name]
-            query = Query(data.task, protocol, protocol.decoding(data.task, request.max_new_tokens))
-            notes[data.task.name] = run_task(model, data, query, settings, run_dir / "records", dist, request.progress)
-            for note in notes[data.task.name]:
-                log(f"warning: {note}")
-        if not dist.is_main:
-            return None, run_dir
-        context = ScoringContext(request.scoring)
-        for data in plan.datasets:
-            score_pending(
-                run_dir / "records" / f"{data.task.name}.jsonl", data, plan.protocols[data.task.name], context
-            )
-        tasks, groups = summarize(
-            plan.datasets, run_dir / "records", plan.protocols, request.limit, request.seed, plan.groups, notes
-        )
-        summary = RunSummary(
-            harness_version=__version__,
-            git_revision=git_revision(),
-            created=new_run_name(),
-            model=ModelInfo(
-                name=plan.spec.name,
-                args=plan.model_args,
-                modalities=sorted(model.modalities),
-                dtype=plan.dtype,
-                **description.model_dump(),
-            ),  # fmt: skip
-            settings=Settings(
-                protocol=request.protocol,
-                batch_size=request.batch_size,
-                num_workers=request.num_workers,
-                max_new_tokens=request.max_new_tokens,
-                seed=request.seed,
-                strict=request.strict,
-                limit=request.limit,
-                device=device,
-                dtype=plan.dtype,
-                world_size=dist.world_size,
-            ),  # fmt: skip
-            scoring=request.scoring,
-            environment=environment(),
-            tasks=tasks,
-            groups=groups,
-            skipped=plan.skipped,
-        )
-        write_summary(run_dir, summary)
-        return summary, run_dir
-    finally:
-        dist.close()
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                held.enter_context(RunLock(run_dir, log))
+            except OSError as error:
+                raise RunError(f"{run_dir}: the run directory cannot be written ({error.strerror})") from None
+        try:
+            return _run_in(run_dir, request, plan, dist, device, log)
+        except KeyboardInterrupt as stop:
+            if not dist.is_main or isinstance(stop, RunInterrupted):
+                raise
+            terminated = isinstance(stop, Terminated)
+            raise RunInterrupted(interruption_note(run_dir, plan, request, terminated), terminated) from None
+
+
+def _run_in(
+    run_dir: Path, request: EvalRequest, plan: Plan, dist: Distributed, device: str, log: Log
+) -> tuple[RunSummary | None, Path]:
+    """The run in its (locked) directory: identity, model, every task's records, scoring and the summary."""
+    from mcub.models.base import Runtime, build_model
+    from mcub.runner.loop import Query, RunSettings, run_task
+
+    expected = identity(request, plan)
+    resolved = request.model_copy(update={"dtype": plan.dtype, "model_args": plan.model_args, "run_name": None,
+                                          "resume": False})  # fmt: skip
+    if dist.is_main:
+        start_run(run_dir, expected, resolved.to_yaml(), request.resume)
+    dist.barrier()
+    runtime = Runtime(device, plan.dtype, request.seed, offline=not request.download)
+    model = build_model(plan.spec, request.model_args, runtime)
+    description = model.describe()
+    lacking = plan.modalities - set(model.modalities)
+    if lacking:
+        raise RunError(f"model {plan.spec.name} is declared with {', '.join(sorted(lacking))}, which it lacks")
+    if dist.is_main:
+        check_identity(run_dir, {**expected, "weights": description.weights})
+    settings = RunSettings(request.batch_size, request.num_workers, request.strict, request.limit,
+                           pin_memory=device.startswith("cuda"))  # fmt: skip
+    notes: dict[str, list[str]] = {}
+    for data in plan.datasets:
+        protocol = plan.protocols[data.task.name]
+        query = Query(data.task, protocol, protocol.decoding(data.task, request.max_new_tokens))
+        notes[data.task.name] = run_task(model, data, query, settings, run_dir / "records", dist, request.progress)
+        for note in notes[data.task.name]:
+            log(f"warning: {note}")
+    if not dist.is_main:
+        return None, run_dir
+    context = ScoringContext(request.scoring)
+    for data in plan.datasets:
+        score_pending(run_dir / "records" / f"{data.task.name}.jsonl", data, plan.protocols[data.task.name], context)
+    tasks, groups = summarize(
+        plan.datasets, run_dir / "records", plan.protocols, request.limit, request.seed, plan.groups, notes
+    )
+    summary = RunSummary(
+        harness_version=__version__,
+        git_revision=git_revision(),
+        created=new_run_name(),
+        model=ModelInfo(
+            name=plan.spec.name,
+            args=plan.model_args,
+            modalities=sorted(model.modalities),
+            dtype=plan.dtype,
+            **description.model_dump(),
+        ),  # fmt: skip
+        settings=Settings(
+            protocol=request.protocol,
+            batch_size=request.batch_size,
+            num_workers=request.num_workers,
+            max_new_tokens=request.max_new_tokens,
+            seed=request.seed,
+            strict=request.strict,
+            limit=request.limit,
+            device=device,
+            dtype=plan.dtype,
+            world_size=dist.world_size,
+        ),  # fmt: skip
+        scoring=request.scoring,
+        environment=environment(),
+        tasks=tasks,
+        groups=groups,
+        skipped=plan.skipped,
+    )
+    write_summary(run_dir, summary)
+    return summary, run_dir
+
+
+def interruption_note(run_dir: Path, plan: Plan, request: EvalRequest, terminated: bool) -> str:
+    """The line an interrupted run ends with: the records saved so far and the command that continues it."""
+    stopped = "terminated (SIGTERM)" if terminated else "interrupted (SIGINT)"
+    limit = request.limit
+    total = sum(len(data.samples) if limit is None else min(limit, len(data.samples)) for data in plan.datasets)
+    if not (run_dir / REQUEST_FILE).is_file():
+        return f"{stopped} before {run_dir} held a run; nothing was saved"
+    saved = count_saved_records(run_dir / "records")
+    return (
+        f"{stopped}: {saved} of {total} record(s) are saved in {run_dir}; continue with: "
+        f"mcub eval --config {run_dir / REQUEST_FILE} --run-name {run_dir.name} --resume"
+    )
 
 
 def _run_dir(request: EvalRequest, model: str, dist) -> Path:
@@ -268,7 +307,15 @@ def score_run(
 ) -> tuple[RunSummary, Path]:
     """Rescore a finished run from its raw records (under `protocol`, else each task's protocol of the run, with
     `scoring`, else the run's scorer settings) into `RUN_DIR/rescored/<name>/`: records, summary and table.
-    Judgements are replayed from the records when the judge is the run's own; a judge that differs is asked."""
+    Judgements are replayed from the records when the judge is the run's own; a judge that differs is asked. The
+    run is locked meanwhile (an evaluation still writing it refuses this, and the other way round)."""
+    with RunLock(run_dir):
+        return _score_run(run_dir, paths, protocol, scoring, name)
+
+
+def _score_run(
+    run_dir: Path, paths: DataPaths, protocol: str | None, scoring: ScorerSettings | None, name: str | None
+) -> tuple[RunSummary, Path]:
     run = RunFiles(run_dir)
     summary = run.summary
     scoring = scoring or summary.scoring

@@ -15,7 +15,7 @@ from pathlib import Path
 from mcub.data import load_task
 from mcub.errors import McubError
 from mcub.protocols import Protocol, get_protocol
-from mcub.results import RunFiles
+from mcub.results import RunFiles, write_atomically
 from mcub.schema import DataPaths, Record, ScorerSettings
 from mcub.scorer import ScoringContext, recorded_judgements, score_records
 from mcub.scoring import group_metrics, task_metrics
@@ -193,8 +193,8 @@ def build(leaderboard: Path = LEADERBOARD_DIR) -> list[Entry]:
     runs = [RunFiles(path) for path in sorted((leaderboard / "submissions").glob("*")) if path.is_dir()]
     entries, shared = rank_submissions(runs)
     tasks = list(dict.fromkeys(task for run in runs for task in run.summary.tasks))
-    (leaderboard / "README.md").write_text(_markdown(entries, tasks, shared), encoding="utf-8")
-    (leaderboard / "index.html").write_text(_html(entries, tasks, shared), encoding="utf-8")
+    write_atomically(leaderboard / "README.md", _markdown(entries, tasks, shared))
+    write_atomically(leaderboard / "index.html", _html(entries, tasks, shared))
     return entries
 
 

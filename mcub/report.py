@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mcub.results import RunSummary, read_summary
+from mcub.results import RunSummary, read_summary, write_atomically
 
 
 def task_columns(summaries: list[RunSummary]) -> dict[tuple[str, str, str], str]:
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.plot:
             plot_runs(args.runs, args.plot)
         if args.output:
-            args.output.write_text(text + "\n", encoding="utf-8")
+            write_atomically(args.output, text + "\n")
         else:
             print(text)
         return 0

@@ -39,13 +39,29 @@ class RecordLog:
         self._handle = path.open("a", encoding="utf-8")
 
     def append(self, records: Iterable[Record]) -> None:
-        self._handle.write("".join(record_line(record) for record in records))
-        self._handle.flush()
+        try:
+            self._handle.write("".join(record_line(record) for record in records))
+            self._handle.flush()
+        except OSError as error:
+            raise self._failure(error) from None
 
     def close(self) -> None:
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        self._handle.close()
+        try:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+        except OSError as error:
+            raise self._failure(error) from None
+        finally:
+            try:
+                self._handle.close()
+            except OSError:
+                pass  # the write error above is the one to report
+
+    def _failure(self, error: OSError) -> RunFileError:
+        return RunFileError(
+            f"{self.path}: cannot write records ({error.strerror or error}); the records written before are kept "
+            "(a half-written last line is redone): free the space or fix the permissions and --resume"
+        )
 
 
 def parse_record(line: str, path: Path, number: int) -> Record:
@@ -86,13 +102,37 @@ def read_records(path: Path, repair: bool = True) -> tuple[dict[str, Record], li
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Write a file so that a reader sees the old content or the new, never half of it."""
+    """Write a file so that a reader sees the old content or the new, never half of it: a temporary file beside it,
+    synced, renamed over it (and the rename synced). A failed write leaves the old file and no temporary one."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    temporary.replace(path)
+    try:
+        with temporary.open("w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        temporary.replace(path)
+    except BaseException as error:
+        temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise RunFileError(
+                f"{path}: cannot write ({error.strerror or error}); its earlier content is kept"
+            ) from None
+        raise
+    _sync_directory(path.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make a rename in `directory` durable (where the platform lets a directory be opened)."""
+    try:
+        handle = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass  # some file systems refuse fsync on directories; the rename itself is already atomic
+    finally:
+        os.close(handle)
 
 
 def write_records(path: Path, records: Iterable[Record]) -> None:
@@ -116,6 +156,15 @@ def consolidate_records(records_dir: Path, task_name: str) -> list[str]:
         for part in parts:
             part.unlink()
     return notes
+
+
+def count_saved_records(records_dir: Path) -> int:
+    """The distinct samples with a record on disk, over every task's records file and the ranks' part files."""
+    saved: set[tuple[str, str]] = set()
+    for path in sorted(records_dir.glob("*.jsonl")) if records_dir.is_dir() else []:
+        records, _ = read_records(path, repair=False)
+        saved.update((record.task, record.id) for record in records.values())
+    return len(saved)
 
 
 def write_summary(run_dir: Path, summary: RunSummary) -> None:
@@ -243,6 +292,8 @@ def start_run(run_dir: Path, identity: dict[str, Any], request_yaml: str, resume
     path = run_dir / IDENTITY_FILE
     if resume:
         check_identity(run_dir, identity)
+        for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("records/.*.tmp")]:
+            stale.unlink()  # a temporary file a killed writer left (the run is locked: no writer is live)
         return
     if path.exists():
         raise RunFileError(f"{run_dir}: already holds a run; use --resume or another --run-name")

@@ -31,7 +31,9 @@ def test_random_on_the_sample_writes_a_run_and_resume_does_no_model_work(tmp_pat
     assert "| mcub-sample | paper | 5 |" in out
     run_dir = tmp_path / "results" / "random" / "first"
     assert f"run directory: {run_dir}" in out
-    assert {p.name for p in run_dir.iterdir()} == {"run.json", "run.yaml", "summary.json", "table.md", "records"}
+    names = {p.name for p in run_dir.iterdir()}
+    assert names == {"run.json", "run.yaml", "summary.json", "table.md", "records", ".lock"}
+    assert (run_dir / ".lock").read_text() == ""  # released: the lock file stays, empty (no holder)
     records = _records(run_dir)
     assert [r["id"] for r in records] == [f"mcub-sample-{i}" for i in range(5)]
     for record in records:
