@@ -1,6 +1,8 @@
 """`python -m mcub.compare BASE_RUN NEW_RUN`: paired differences per task and group on the same sample ids, with
 paired-bootstrap intervals, exact McNemar tests and Holm's correction across tasks (job 3). Exit code 1 when some
-task dropped significantly and by more than `--max-drop` points, so it can gate a CI job."""
+task dropped significantly and by more than `--max-drop` points, or when the new run lacks records the base run has
+(more than `--max-missing`, by default none, per task; a task of the base run missing whole counts too), so it can
+gate a CI job."""
 
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ class TaskComparison:
     holm_p: float
     unpaired: int
     regression: bool
+    base_records: int = 0
+    missing_in_new: int = 0
+    """Sample ids the base run has a record of and the new run has none of."""
 
 
 @dataclass
@@ -30,14 +35,24 @@ class Comparison:
     only_in_base: list[str] = field(default_factory=list)
     only_in_new: list[str] = field(default_factory=list)
     without_accuracy: list[str] = field(default_factory=list)
+    coverage_failures: list[str] = field(default_factory=list)
+    """Why the new run covers less than the base run allows (`max_missing`)."""
 
     @property
     def regressed(self) -> bool:
         return any(task.regression for task in self.tasks)
 
+    @property
+    def failed(self) -> bool:
+        """The gate's verdict: a regression, or records missing from the new run."""
+        return self.regressed or bool(self.coverage_failures)
 
-def compare_runs(base: RunFiles, new: RunFiles, alpha: float, max_drop: float, seed: int) -> Comparison:
-    """Compare on the tasks both runs have; refuse tasks whose protocol or data differ between the runs."""
+
+def compare_runs(
+    base: RunFiles, new: RunFiles, alpha: float, max_drop: float, seed: int, max_missing: float = 0.0
+) -> Comparison:
+    """Compare on the tasks both runs have; refuse tasks whose protocol or data differ between the runs. Coverage
+    fails for a task whose base records the new run lacks in more than `max_missing` (a fraction) of them."""
     both = [task for task in base.summary.tasks if task in new.summary.tasks]
     unjudged = [
         t for t in both if None in (base.summary.tasks[t].metrics.accuracy, new.summary.tasks[t].metrics.accuracy)
@@ -70,8 +85,18 @@ def compare_runs(base: RunFiles, new: RunFiles, alpha: float, max_drop: float, s
             p,
             unpaired[task],
             paired[task].difference < 0 and p < alpha and -paired[task].difference > max_drop,
+            len(base.records[task]),
+            len(set(base.records[task]) - set(new.records[task])),
         )
         for task, p in zip(shared, adjusted, strict=True)
+    ]
+    only_in_base = [task for task in base.summary.tasks if task not in new.summary.tasks]
+    coverage = [f"{task}: in the base run only" for task in only_in_base]
+    coverage += [
+        f"{task.task}: {task.missing_in_new} of the base run's {task.base_records} sample(s) have no record in the "
+        f"new run (allowed: {max_missing:.0%})"
+        for task in tasks
+        if task.missing_in_new > max_missing * task.base_records
     ]
     groups = {}
     for name, group in base.summary.groups.items():
@@ -82,9 +107,10 @@ def compare_runs(base: RunFiles, new: RunFiles, alpha: float, max_drop: float, s
     return Comparison(
         tasks,
         groups,
-        [task for task in base.summary.tasks if task not in new.summary.tasks],
+        only_in_base,
         [task for task in new.summary.tasks if task not in base.summary.tasks],
         unjudged,
+        coverage,
     )
 
 
@@ -115,6 +141,8 @@ def print_comparison(comparison: Comparison, out=None) -> None:
     unpaired = {task.task: task.unpaired for task in comparison.tasks if task.unpaired}
     if unpaired:
         print(f"ids recorded in one run only (left out): {unpaired}", file=out)
+    for failure in comparison.coverage_failures:
+        print(f"COVERAGE: {failure}", file=out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,16 +153,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("new", type=Path, help="the run under test")
     parser.add_argument("--alpha", type=float, default=0.05, help="family-wise significance level (Holm)")
     parser.add_argument("--max-drop", type=float, default=0.0, help="points a task may drop without failing")
+    parser.add_argument(
+        "--max-missing",
+        type=float,
+        default=0.0,
+        help="fraction of a task's base-run samples the new run may lack records of (default 0: any missing fails)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--json", type=Path, help="write the comparison here")
     args = parser.parse_args(argv)
 
     def command() -> int:
-        comparison = compare_runs(RunFiles(args.base), RunFiles(args.new), args.alpha, args.max_drop, args.seed)
+        comparison = compare_runs(
+            RunFiles(args.base), RunFiles(args.new), args.alpha, args.max_drop, args.seed, args.max_missing
+        )
         print_comparison(comparison)
         if args.json:
             write_atomically(args.json, json.dumps(asdict(comparison), indent=2) + "\n")
-        return VERDICT if comparison.regressed else 0
+        return VERDICT if comparison.failed else 0
 
     try:
         return run_command(command)

@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import argparse
 import html
+import os
 import re
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from mcub.data import load_task
+from mcub.data import TaskData, load_task
 from mcub.errors import McubError
 from mcub.protocols import Protocol, get_protocol
-from mcub.results import RunFiles, write_atomically
-from mcub.schema import DataPaths, Record, ScorerSettings
+from mcub.results import RunFiles, summary_table, write_atomically
+from mcub.schema import DataPaths, Decoding, Record, Sample, ScorerSettings
 from mcub.scorer import ScoringContext, recorded_judgements, score_records
 from mcub.scoring import group_metrics, task_metrics
 from mcub.stats import mcnemar_exact
@@ -70,8 +71,14 @@ def validate_run(run_dir: Path, paths: DataPaths) -> list[str]:
             reasons.append(
                 f"{name}: {len(unknown)} record(s) for ids that are not in the task: {', '.join(unknown[:10])}"
             )
+        protocol = get_protocol(spec.protocol)
+        decoding = protocol.decoding(spec, run.summary.settings.max_new_tokens)
+        unfaithful = unfaithful_records(records, gold, data, protocol.name, decoding)
+        for what, ids in unfaithful.items():
+            reasons.append(f"{name}: {len(ids)} record(s) {what}: {', '.join(ids[:10])}")
+        faithful = {i: r for i, r in records.items() if not any(i in ids for ids in unfaithful.values())}
         try:
-            wrong = records_not_following(records, gold, spec, get_protocol(spec.protocol), run.summary.scoring)
+            wrong = records_not_following(faithful, gold, spec, protocol, run.summary.scoring)
         except (McubError, OSError) as error:
             reasons.append(f"{name}: its records cannot be rescored ({error})")
             continue
@@ -85,10 +92,40 @@ def validate_run(run_dir: Path, paths: DataPaths) -> list[str]:
                 f"(accuracy {summary.metrics.accuracy} in the summary, {recomputed[name].accuracy} recomputed)"
             )
     for name, group in run.summary.groups.items():
+        if name not in registry.groups:
+            reasons.append(f"group {name}: not a group of this mcub")
+        elif group.tasks != [task.name for task in registry.group_tasks(name)]:
+            reasons.append(f"group {name}: its tasks are not the group's ({', '.join(group.tasks)})")
+        for task in group.tasks:
+            if task not in run.summary.tasks:
+                reasons.append(f"group {name}: task {task} is not in the run")
         if all(task in recomputed for task in group.tasks):
             if group_metrics({task: recomputed[task] for task in group.tasks}, seed) != group:
                 reasons.append(f"group {name}: the summary's metrics differ from those recomputed from the records")
     return reasons
+
+
+def unfaithful_records(
+    records: dict[str, Record], gold: dict[str, Sample], data: TaskData, protocol: str, decoding: Decoding
+) -> dict[str, list[str]]:
+    """Ids of the records that were not made on the task as it is, by what is wrong with them: another protocol or
+    decoding than the task's, other task data (hashes), other options."""
+    checks = {
+        f"were not made under the task's protocol {protocol}": lambda r: r.protocol != protocol,
+        "made on other task data than the task files": lambda r: (
+            (r.question_sha256, r.answer_sha256) != (data.question_sha256, data.answer_sha256)
+        ),
+        "whose options are not the task's": lambda r: r.options != gold[r.id].options,
+        f"that asked the model for something else than {decoding.describe()}": lambda r: (
+            r.error is None and r.decoding != decoding
+        ),
+    }
+    found: dict[str, list[str]] = {}
+    for what, wrong in checks.items():
+        ids = [sample_id for sample_id, record in records.items() if sample_id in gold and wrong(record)]
+        if ids:
+            found[what] = ids
+    return found
 
 
 def scorer_description(scoring: ScorerSettings) -> str:
@@ -137,12 +174,36 @@ def add_run(run_dir: Path, paths: DataPaths, leaderboard: Path = LEADERBOARD_DIR
     reasons = validate_run(run_dir, paths)
     if reasons:
         raise Rejected(f"{run_dir} is not a valid submission:\n  " + "\n  ".join(reasons))
-    model = RunFiles(run_dir).summary.model.name
-    target = leaderboard / "submissions" / re.sub(r"[^A-Za-z0-9._-]+", "_", f"{model}--{run_dir.name}")
+    run = RunFiles(run_dir)
+    links = [path for path in _walk(run_dir) if path.is_symlink()]
+    if links:
+        listed = ", ".join(str(path.relative_to(run_dir)) for path in links)
+        raise Rejected(f"{run_dir} is not a valid submission: {listed} is a symbolic link (a submission holds regular "
+                       "files only)")  # fmt: skip
+    target = leaderboard / "submissions" / re.sub(r"[^A-Za-z0-9._-]+", "_", f"{run.summary.model.name}--{run_dir.name}")
     if target.exists():
         raise Rejected(f"{target} already exists")
-    shutil.copytree(run_dir, target)
+    files = [*SUBMISSION_FILES, *(f"records/{task}.jsonl" for task in run.summary.tasks)]
+    for name in files:
+        source = run_dir / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target / name, follow_symlinks=False)
+    write_atomically(target / "table.md", summary_table(run.summary) + "\n")
     return target
+
+
+SUBMISSION_FILES = ("summary.json", "run.json", "run.yaml")
+"""The files of a run a submission keeps, with its tasks' record files and a table made from the validated summary;
+nothing else is copied."""
+
+
+def _walk(directory: Path) -> list[Path]:
+    """Every path under `directory`, links listed but never followed."""
+    found = []
+    for root, folders, names in os.walk(directory, followlinks=False):
+        found += [Path(root) / name for name in [*folders, *names]]
+    return found
 
 
 @dataclass
@@ -212,7 +273,7 @@ def _rank_label(entry: Entry) -> str:
 
 def _markdown(entries: list[Entry], tasks: list[str], shared: list[str]) -> str:
     def clean(text: str) -> str:
-        return html.escape(text).replace("|", "&#124;")
+        return " ".join(html.escape(text).replace("|", "&#124;").split())
 
     lines = [
         "# MCUB leaderboard",

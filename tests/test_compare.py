@@ -100,3 +100,20 @@ def test_bad_run_directories(tmp_path, capsys):
     (newer / "summary.json").write_text(json.dumps(summary | {"schema_version": 99}))
     assert compare_main([str(tmp_path / "a"), str(newer)]) == 2
     assert "schema version 99" in capsys.readouterr().err
+
+
+def test_the_gate_fails_a_new_run_that_lacks_records_unless_allowed(tmp_path, capsys):
+    from mcub.results import read_records, write_records
+
+    write_run(tmp_path / "base", {"t": [True] * 5, "u": [True] * 3})
+    write_run(tmp_path / "new", {"t": [True] * 5})
+    new_records = tmp_path / "new" / "records" / "t.jsonl"
+    kept, _ = read_records(new_records)
+    write_records(new_records, [kept["0"]])  # 1 of 5 records left: "no significant change" on the one pair
+    assert compare_main([str(tmp_path / "base"), str(tmp_path / "new")]) == 1
+    out = capsys.readouterr().out
+    assert "COVERAGE: u: in the base run only" in out
+    assert "COVERAGE: t: 4 of the base run's 5 sample(s) have no record in the new run (allowed: 0%)" in out
+    write_run(tmp_path / "base-t", {"t": [True] * 5})
+    assert compare_main([str(tmp_path / "base-t"), str(tmp_path / "new"), "--max-missing", "0.8"]) == 0
+    assert compare_main([str(tmp_path / "base-t"), str(tmp_path / "new"), "--max-missing", "0.7"]) == 1
