@@ -17,9 +17,11 @@ from mcub.tasks import TaskSpec
 
 @dataclass
 class CheckReport:
-    """What a check found: samples per task, media files per modality (all and decoded), problems."""
+    """What a check found: samples and questions without an answer per task, media files per modality (all and
+    decoded), problems."""
 
     samples: dict[str, int] = field(default_factory=dict)
+    unanswered: dict[str, int] = field(default_factory=dict)
     media_files: Counter = field(default_factory=Counter)
     media_decoded: Counter = field(default_factory=Counter)
     problems: list[Problem] = field(default_factory=list)
@@ -35,6 +37,7 @@ def check_tasks(tasks: list[TaskSpec], paths: DataPaths, workers: int, progress:
             report.problems.append(Problem(task.name, str(error)))
             continue
         report.samples[task.name] = len(data.samples)
+        report.unanswered[task.name] = len(data.unanswered)
         report.problems.extend(data.problems)
         for sample in data.samples:
             for modality, path in sample.media:
@@ -74,7 +77,9 @@ def _decode_all(media: list[tuple[Modality, str]], workers: int, progress: bool)
 def print_report(report: CheckReport, out=None) -> None:
     out = out or sys.stdout
     for task, count in report.samples.items():
-        print(f"{task}: {count} samples", file=out)
+        unanswered = report.unanswered.get(task, 0)
+        left_out = f", {unanswered} question(s) without an answer left out" if unanswered else ""
+        print(f"{task}: {count} samples{left_out}", file=out)
     for modality in MODALITIES:
         if report.media_files[modality]:
             print(

@@ -36,6 +36,48 @@ def test_data_check_names_a_truncated_mp4_and_a_missing_answer(tmp_path, capsys)
     assert f"{video} [sample mcub-sample:mcub-sample-2]: undecodable video" in out
 
 
+def test_data_check_names_ambiguous_gold_another_question_and_unanswered_ids(tmp_path, capsys):
+    copy = tmp_path / "data"
+    shutil.copytree(BUNDLED_DATA_ROOT, copy)
+    answers_path = copy / "test" / "mcub-sample-answer.json"
+    answers = [record for record in json.loads(answers_path.read_text()) if record["id"] != "mcub-sample-3"]
+    answers[2]["conversations"][0]["value"] = answers[2]["conversations"][0]["value"].replace("clock", "bomb")
+    answers.append({**answers[1], "conversations": [answers[1]["conversations"][0], {"from": "gpt", "value": "D"}]})
+    answers_path.write_text(json.dumps(answers))
+
+    code = check_main(["check", "--tasks", "mcub-sample", "--data-root", str(copy), "--no-progress"])
+    out = capsys.readouterr().out.splitlines()
+    questions = copy / "test" / "mcub-sample.json"
+    assert code == 1
+    assert "mcub-sample: 4 samples, 1 question(s) without an answer left out" in out
+    assert out[out.index("3 problem(s):") :] == [
+        "3 problem(s):",
+        f"  {answers_path} [sample mcub-sample-2]: its question differs from the one in mcub-sample.json from "
+        "character 86: '. A thunderstorm B. A ticking bomb C. A synthetic test signa' vs "
+        "'. A thunderstorm B. A ticking clock C. A synthetic test sign'",
+        f"  {questions} [sample mcub-sample-3]: no answer for this id in mcub-sample-answer.json",
+        f"  {answers_path} [sample mcub-sample-1]: ambiguous gold: mcub-sample-answer.json gives this id different "
+        "answers, 'B' (record #1), 'D' (record #4)",
+    ]
+
+
+def test_data_check_names_a_question_file_that_is_a_fifo(tmp_path, capsys):
+    import os
+
+    copy = tmp_path / "data"
+    shutil.copytree(BUNDLED_DATA_ROOT / "test", copy / "test")
+    questions = copy / "test" / "mcub-sample.json"
+    questions.unlink()
+    os.mkfifo(questions)
+    code = check_main(["check", "--tasks", "mcub-sample", "--data-root", str(copy), "--no-progress"])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 1
+    assert out == [
+        "1 problem(s):",
+        f"  mcub-sample: {questions}: a FIFO (named pipe), not a regular file; nothing else is read in its place",
+    ]
+
+
 def test_data_check_reports_a_missing_question_file_and_goes_on(tmp_path, capsys):
     code = check_main(
         ["check", "--tasks", "avqa-audio,mcub-sample", "--data-root", str(tmp_path), "--no-download", "--no-progress"]

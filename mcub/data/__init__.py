@@ -3,81 +3,91 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
-from collections import Counter
-from dataclasses import dataclass
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mcub.data.files import (
+    count_questions,
+    existing_file,
+    json_array,
+    locate_file,
+    parse_records,
+    read_bytes,
+    read_records_file,
+    resolve_media_path,
+)
+from mcub.data.integrity import human_turn_text, question_difference, shared_id_problems
+from mcub.data.options import LETTERS, parse_options, read_options
+from mcub.data.taskdata import Problem, TaskData
 from mcub.errors import DataError
 from mcub.modalities import MODALITIES, PLACEHOLDERS, REFERENCE_KEYS, Modality
 from mcub.schema import DataPaths, Sample
 from mcub.tasks import TaskSpec
 
+__all__ = [
+    "DataError",
+    "DataPaths",
+    "Problem",
+    "TaskData",
+    "count_questions",
+    "load_task",
+    "locate_file",
+    "parse_options",
+    "read_records_file",
+    "resolve_media_path",
+]
+
 _PLACEHOLDER_PATTERN = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS.values()))
 _MODALITY_OF_PLACEHOLDER = {placeholder: modality for modality, placeholder in PLACEHOLDERS.items()}
-_OPTION_LINE = re.compile(r"^[ \t]*(?:\(([A-Z])\)|([A-Z])[.):])[ \t]*(\S.*?)[ \t]*$", re.MULTILINE)
-_OPTION_INLINE = re.compile(r"(?:^|(?<=\s))(?:\(([A-Z])\)|([A-Z])[.):])\s+")
 DEFAULT_PATHS = DataPaths()
 _RESERVED_KEYS = {"id", "conversations", "modal_inputs"}
 
 
 @dataclass(frozen=True)
-class Problem:
-    """Something wrong in a task's data: the file, the sample ids concerned, and what."""
+class _Gold:
+    """What the answer file says about one id: the gold (None when its records disagree, `conflict` says how),
+    the answer record's extra fields and its human turn."""
 
-    file: str
-    message: str
-    sample_ids: tuple[str, ...] = ()
-
-    def __str__(self) -> str:
-        ids = f" [sample {', '.join(self.sample_ids)}]" if self.sample_ids else ""
-        return f"{self.file}{ids}: {self.message}"
+    answer: str | None
+    extras: dict[str, Any] = field(default_factory=dict)
+    asked: str | None = None
+    conflict: str | None = None
 
 
-@dataclass(frozen=True)
-class TaskData:
-    """A task's samples, the records that could not become samples, and the hashes of its files."""
+@dataclass
+class _Findings:
+    """What reading the records found besides samples (see TaskData)."""
 
-    task: TaskSpec
-    question_file: Path
-    answer_file: Path
-    question_sha256: str
-    answer_sha256: str
-    samples: list[Sample]
-    record_problems: list[Problem]
-
-    @property
-    def problems(self) -> list[Problem]:
-        """Every problem: records that are not samples, and samples that cannot be posed."""
-        posed = [Problem(str(self.question_file), s.error, (s.id,)) for s in self.samples if s.error]
-        return [*self.record_problems, *posed]
-
-    def raise_for_problems(self) -> None:
-        if self.problems:
-            listing = "\n".join(f"  {problem}" for problem in self.problems)
-            raise DataError(f"task {self.task.name}: {len(self.problems)} problem(s) in its data:\n{listing}")
+    record_problems: list[Problem] = field(default_factory=list)
+    sample_problems: list[Problem] = field(default_factory=list)
+    unanswered: list[str] = field(default_factory=list)
 
 
 def load_task(task: TaskSpec, paths: DataPaths = DEFAULT_PATHS, answer_file: Path | None = None) -> TaskData:
     """Read a task's question and answer files into Samples; problems with single records are collected.
-    `answer_file` replaces the task's own answer file."""
+    `answer_file` replaces the task's own answer file (and the check of ids shared with the question files of
+    other tasks that read the task's own)."""
     question_file = locate_file(task, task.questions, paths)
-    answer_file = answer_file or locate_file(task, task.answers, paths)
-    if not answer_file.is_file():
+    if answer_file is not None and not existing_file(answer_file):
         raise DataError(f"{answer_file}: answer file not found")
-    question_bytes = question_file.read_bytes()
-    answer_bytes = answer_file.read_bytes()
-    problems: list[Problem] = []
+    shared = answer_file is None
+    answer_file = answer_file or locate_file(task, task.answers, paths)
+    question_bytes = read_bytes(question_file)
+    answer_bytes = read_bytes(answer_file)
+    findings = _Findings()
     if task.format == "pointllm":
-        samples = _pointllm_samples(task, question_file, question_bytes, paths, problems)
+        samples = _pointllm_samples(task, question_file, question_bytes, paths, findings.record_problems)
     else:
-        questions = _parse_records(question_file, question_bytes)
-        answers = _parse_records(answer_file, answer_bytes)
+        questions = parse_records(question_file, question_bytes)
+        answers = parse_records(answer_file, answer_bytes)
         wanted = {str(record["id"]) for record in questions}
-        gold = _gold_answers(task, answer_file, answers, wanted, problems)
-        samples = _samples(task, question_file, questions, gold, paths, problems)
+        gold = _gold_answers(task, answer_file, answers, wanted, findings.record_problems)
+        samples = _samples(task, (question_file, answer_file), questions, gold, paths, findings)
+        if shared:
+            findings.record_problems.extend(shared_id_problems(task, question_file, questions, paths))
     return TaskData(
         task=task,
         question_file=question_file,
@@ -85,91 +95,10 @@ def load_task(task: TaskSpec, paths: DataPaths = DEFAULT_PATHS, answer_file: Pat
         question_sha256=hashlib.sha256(question_bytes).hexdigest(),
         answer_sha256=hashlib.sha256(answer_bytes).hexdigest(),
         samples=samples,
-        record_problems=problems,
+        record_problems=findings.record_problems,
+        sample_problems=findings.sample_problems,
+        unanswered=tuple(findings.unanswered),
     )
-
-
-def count_questions(task: TaskSpec, data_root: Path) -> int | None:
-    """The number of records in the task's question file, or None when the file is not on disk."""
-    path = task.question_path(data_root)
-    if not path.is_file():
-        return None
-    return len(_parse_records(path, path.read_bytes()))
-
-
-def locate_file(task: TaskSpec, name: str, paths: DataPaths) -> Path:
-    """The local path of one of the task's files, downloading it from the task's hub dataset if allowed."""
-    local = task.data_root(paths.data_root) / task.folder / name
-    if local.is_file():
-        return local
-    pointer = f"put a copy there, or pass --data-root pointing at the folder that holds {task.folder}/{name}"
-    if task.bundled:
-        raise DataError(f"{local}: bundled file of task {task.name} is missing from the installed package")
-    if task.hub_dataset is None:
-        raise DataError(f"{local}: not found, and task {task.name} has no hub source; {pointer}")
-    if not paths.download:
-        raise DataError(f"{local}: not found (downloads are off); {pointer}")
-    from huggingface_hub import hf_hub_download
-
-    try:
-        fetched = hf_hub_download(
-            task.hub_dataset,
-            task.hub_filename(name),
-            repo_type="dataset",
-            local_dir=task.data_root(paths.data_root),
-        )
-    except Exception as error:  # noqa: BLE001 - every hub failure becomes the same actionable message
-        raise DataError(
-            f"{local}: not found, and fetching {task.hub_filename(name)} from the hub dataset "
-            f"{task.hub_dataset} failed ({type(error).__name__}: {error}); {pointer}"
-        ) from None
-    return Path(fetched)
-
-
-def resolve_media_path(path: str, data_root: Path, media_root: Path | None) -> Path:
-    """Resolve a media path as the authors' files write it (relative to the folder that holds `data/`)."""
-    candidate = Path(path)
-    if candidate.is_absolute():
-        return candidate
-    if media_root is not None:
-        return media_root / candidate
-    bases = (data_root.parent, data_root)
-    for base in bases:
-        if (base / candidate).exists():
-            return base / candidate
-    return bases[0] / candidate
-
-
-def parse_options(prompt: str) -> dict[str, str]:
-    """Lettered options from a prompt: one per line ("A. x", "(B) y", "C) z"), else inline; A, B, ... in order."""
-    lines = [(m.group(1) or m.group(2), m.group(3)) for m in _OPTION_LINE.finditer(prompt)]
-    options = _leading_run(lines)
-    if len(options) >= 2:
-        return options
-    marks = list(_OPTION_INLINE.finditer(prompt))
-    inline = []
-    for index, mark in enumerate(marks):
-        end = marks[index + 1].start() if index + 1 < len(marks) else len(prompt)
-        inline.append((mark.group(1) or mark.group(2), prompt[mark.end() : end].strip()))
-    return _leading_run(inline)
-
-
-def _leading_run(pairs: list[tuple[str, str]]) -> dict[str, str]:
-    """The options whose letters run A, B, C, ... from the first 'A' on."""
-    letters = [letter for letter, _ in pairs]
-    if "A" not in letters:
-        return {}
-    options: dict[str, str] = {}
-    for letter, text in pairs[letters.index("A") :]:
-        if letter != chr(ord("A") + len(options)):
-            break
-        options[letter] = text
-    return options
-
-
-def read_records_file(path: Path) -> list[dict[str, Any]]:
-    """The records of a question or answer file, as stored (ids keep their JSON type)."""
-    return _parse_records(path, path.read_bytes())
 
 
 def _pointllm_samples(
@@ -177,7 +106,7 @@ def _pointllm_samples(
 ) -> list[Sample]:
     """PointLLM's evaluation file: [{object_id, conversations: [human, gpt]}], the gpt turn the reference; the
     task's own prompt is asked, about the cloud at `point_file` (relative to the data root)."""
-    records = _json_array(path, raw)
+    records = json_array(path, raw)
     data_root = task.data_root(paths.data_root)
     counts = Counter(str(r.get("object_id")) for r in records if isinstance(r, dict))
     samples = []
@@ -203,51 +132,35 @@ def _pointllm_samples(
     return samples
 
 
-def _json_array(path: Path, raw: bytes) -> list[Any]:
-    """A file holding one JSON array; malformed JSON is reported with its line and column."""
-    try:
-        records = json.loads(raw)
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}:{error.lineno}:{error.colno}: malformed JSON: {error.msg}") from None
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not UTF-8 text ({error})") from None
-    if not isinstance(records, list):
-        raise DataError(f"{path}: expected a JSON array of records, found {type(records).__name__}")
-    return records
-
-
-def _parse_records(path: Path, raw: bytes) -> list[dict[str, Any]]:
-    records = _json_array(path, raw)
-    for index, record in enumerate(records):
-        if not isinstance(record, dict) or "id" not in record:
-            raise DataError(f"{path}: record #{index} is not an object with an 'id'")
-        if not isinstance(record["id"], (str, int)) or isinstance(record["id"], bool):
-            raise DataError(f"{path}: record #{index} has an id of type {type(record['id']).__name__}")
-    return records
-
-
 def _gold_answers(
     task: TaskSpec, path: Path, records: list[dict[str, Any]], wanted: set[str], problems: list[Problem]
-) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Gold answer and extra fields by string id, for the wanted ids (answer files are shared by tasks)."""
-    gold: dict[str, tuple[str, dict[str, Any]]] = {}
-    for record in records:
+) -> dict[str, _Gold]:
+    """What the answer file says about each wanted id (answer files are shared by tasks). An id given twice
+    with the same gold is a problem noted; with different golds it has no gold (`conflict` names them)."""
+    found: dict[str, list[tuple[int, str, dict[str, Any]]]] = defaultdict(list)
+    for index, record in enumerate(records):
         sample_id = str(record["id"])
         if sample_id not in wanted:
             continue
         try:
-            answer = _gold_of(task, record)
+            found[sample_id].append((index, _gold_of(task, record), record))
         except ValueError as error:
             problems.append(Problem(str(path), f"unreadable answer: {error}", (sample_id,)))
-            continue
-        if sample_id in gold and gold[sample_id][0] != answer:
-            problems.append(
-                Problem(
-                    str(path), f"id given twice with different answers {gold[sample_id][0]!r}, {answer!r}", (sample_id,)
-                )
+    gold = {}
+    for sample_id, entries in found.items():
+        listing = ", ".join(f"{answer!r} (record #{index})" for index, answer, _ in entries)
+        if len({answer for _, answer, _ in entries}) > 1:
+            gold[sample_id] = _Gold(
+                None, conflict=f"ambiguous gold: {path.name} gives this id different answers, {listing}"
             )
+            continue
+        if len(entries) > 1:
+            problems.append(
+                Problem(str(path), f"id given {len(entries)} times with the same answer, {listing}", (sample_id,))
+            )
+        _, answer, record = entries[0]
         extras = {key: value for key, value in record.items() if key not in _RESERVED_KEYS}
-        gold[sample_id] = (answer, extras)
+        gold[sample_id] = _Gold(answer, extras, human_turn_text(record))
     return gold
 
 
@@ -288,48 +201,60 @@ def _last_turn(record: dict[str, Any]) -> Any:
 
 def _samples(
     task: TaskSpec,
-    path: Path,
+    files: tuple[Path, Path],
     records: list[dict[str, Any]],
-    gold: dict[str, tuple[str, dict[str, Any]]],
+    gold: dict[str, _Gold],
     paths: DataPaths,
-    problems: list[Problem],
+    findings: _Findings,
 ) -> list[Sample]:
+    """One sample per record with a unique id, a readable human turn and a gold entry; what else is found about a
+    record lands in `findings`."""
+    question_file, answer_file = files
     counts = Counter(str(record["id"]) for record in records)
     for sample_id, count in counts.items():
         if count > 1:
-            problems.append(Problem(str(path), f"id appears {count} times", (sample_id,)))
+            findings.record_problems.append(Problem(str(question_file), f"id appears {count} times", (sample_id,)))
     samples = []
     for index, record in enumerate(records):
         sample_id = str(record["id"])
         if counts[sample_id] > 1:
             continue
         try:
-            samples.append(_sample(task, index, record, gold, paths))
+            prompt = _human_turn(record)
         except ValueError as error:
-            problems.append(Problem(str(path), str(error), (sample_id,)))
+            findings.record_problems.append(Problem(str(question_file), str(error), (sample_id,)))
+            continue
+        if sample_id not in gold:
+            findings.unanswered.append(sample_id)
+            message = f"no answer for this id in {answer_file.name}"
+            findings.record_problems.append(Problem(str(question_file), message, (sample_id,)))
+            continue
+        entry = gold[sample_id]
+        difference = question_difference(entry.asked, prompt)
+        if difference is not None:
+            message = f"its question differs from the one in {question_file.name} {difference}"
+            findings.record_problems.append(Problem(str(answer_file), message, (sample_id,)))
+        sample = _sample(task, index, record, prompt, entry, paths)
+        if sample.error:
+            blamed = answer_file if entry.conflict else question_file
+            findings.sample_problems.append(Problem(str(blamed), sample.error, (sample_id,)))
+        samples.append(sample)
     return samples
 
 
-def _sample(
-    task: TaskSpec,
-    index: int,
-    record: dict[str, Any],
-    gold: dict[str, tuple[str, dict[str, Any]]],
-    paths: DataPaths,
-) -> Sample:
+def _sample(task: TaskSpec, index: int, record: dict[str, Any], prompt: str, gold: _Gold, paths: DataPaths) -> Sample:
+    """The record as a sample; one that cannot be posed faithfully carries the reason as its `error`."""
     sample_id = str(record["id"])
-    prompt = _human_turn(record)
-    if sample_id not in gold:
-        raise ValueError(f"no answer for this id in {task.answers}")
-    answer, answer_extras = gold[sample_id]
     extras = {key: value for key, value in record.items() if key not in _RESERVED_KEYS}
-    meta = {**answer_extras, **extras, "question_index": index}
+    meta = {**gold.extras, **extras, "question_index": index}
+    if gold.answer is None:
+        return Sample(task.name, sample_id, prompt, (), {}, "", meta, error=gold.conflict)
     try:
         media = _media_in_placeholder_order(task, prompt, record.get("modal_inputs", {}), paths)
-        options = _options(task, prompt, answer)
+        options = _options(task, prompt, gold.answer)
     except ValueError as error:
-        return Sample(task.name, sample_id, prompt, (), {}, answer, meta, error=str(error))
-    return Sample(task.name, sample_id, prompt, media, options, answer, meta)
+        return Sample(task.name, sample_id, prompt, (), {}, gold.answer, meta, error=str(error))
+    return Sample(task.name, sample_id, prompt, media, options, gold.answer, meta)
 
 
 def _human_turn(record: dict[str, Any]) -> str:
@@ -385,9 +310,18 @@ def _options(task: TaskSpec, prompt: str, answer: str) -> dict[str, str]:
         return dict(task.options or {})
     if task.answer_type == "text":
         return {}
-    options = parse_options(prompt)
+    options, left_out = read_options(prompt)
     if len(options) < 2:
         raise ValueError("no lettered options (A., B., ...) found in the prompt")
+    if left_out and len(options) == len(LETTERS):
+        raise ValueError(
+            f"{len(options) + left_out} options, more than the {len(LETTERS)} letters A to Z: they cannot all be posed"
+        )
+    if left_out:
+        raise ValueError(
+            f"{left_out} option mark(s) after options A to {LETTERS[len(options) - 1]} are out of letter order: "
+            "the options cannot be posed as written"
+        )
     if answer not in options:
         raise ValueError(f"gold answer {answer!r} is not one of the option letters {', '.join(options)}")
     return options
