@@ -85,6 +85,8 @@ def plan_run(request: EvalRequest, registry: Registry, log: Log = _stderr) -> Pl
             if refusal is not None:
                 raise RunError(f"model {spec.name} cannot run protocol {protocol.name}: {refusal}")
             data = load_task(task, request.data_paths)
+            if data.unanswered_note:
+                log(data.unanswered_note)
         except (RunError, ProtocolError, DataError) as error:
             reason = str(error)
             if request.tasks:

@@ -201,6 +201,21 @@ def test_questions_without_an_answer_are_named_and_counted(data_root):
     ]
 
 
+def test_eval_prints_the_note_of_questions_without_an_answer(tmp_path, capsys):
+    data_root = tmp_path / "data"
+    shutil.copytree(BUNDLED_DATA_ROOT, data_root)
+    answers = data_root / "test" / "mcub-sample-answer.json"
+    records = json.loads(answers.read_text())
+    answers.write_text(json.dumps([r for r in records if str(r["id"]) != "mcub-sample-3"]))
+    request = mcub.EvalRequest(model="random", tasks=["mcub-sample"], data_root=data_root, download=False,
+                               output_dir=tmp_path / "runs", run_name="r", num_workers=0, progress=False)  # fmt: skip
+    assert mcub.evaluate(request).tasks["mcub-sample"].metrics.n == 4
+    assert (
+        "task mcub-sample: 1 question(s) without an answer in mcub-sample-answer.json are left out: ids mcub-sample-3"
+        in capsys.readouterr().err
+    )
+
+
 def test_no_note_when_every_question_has_an_answer(data_root):
     data, _ = mcub4(data_root, [question(1, MCUB4_PROMPT, **MCUB4_MEDIA)], [answer(1, "A")])
     assert (data.unanswered, data.unanswered_note) == ((), None)

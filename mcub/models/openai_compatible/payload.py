@@ -9,17 +9,15 @@ import hashlib
 import io
 import json
 import mimetypes
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mcub.errors import MediaError, UnsupportedInput
-from mcub.modalities import PLACEHOLDERS, Modality
+from mcub.modalities import Modality
+from mcub.prompts import placeholder_parts
 from mcub.schema import Sample
 
-_PLACEHOLDER = re.compile("|".join(re.escape(placeholder) for placeholder in PLACEHOLDERS.values()))
-_MODALITY_OF = {placeholder: modality for modality, placeholder in PLACEHOLDERS.items()}
 AUDIO_AS_IS = {".wav": ("wav", "audio/wav"), ".mp3": ("mp3", "audio/mpeg")}
 """Audio containers `input_audio` takes as they are; any other is decoded to 16 kHz mono and sent as WAV."""
 
@@ -77,8 +75,7 @@ def _sent(kind: str, data: bytes, mime: str) -> dict[str, Any]:
 def chat_messages(sample: Sample, media: list[EncodedMedia], system_prompt: str | None) -> list[dict[str, Any]]:
     """The system message (when given) and the user message: text parts and media parts in placeholder order."""
     content: list[dict[str, Any]] = []
-    texts = _PLACEHOLDER.split(sample.prompt)
-    placed = [_MODALITY_OF[found] for found in _PLACEHOLDER.findall(sample.prompt)]
+    texts, placed = placeholder_parts(sample.prompt)
     if placed != [item.modality for item in media]:
         raise UnsupportedInput(
             f"sample {sample.id}: placeholders {'+'.join(placed) or 'none'} but media "
