@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from mcub.data import DataPaths, Problem, load_task
 from mcub.errors import McubError, MediaError
+from mcub.media.limits import DEFAULT_LIMITS, MediaLimits
 from mcub.modalities import MODALITIES, Modality
 from mcub.tasks import TaskSpec
 
@@ -27,7 +28,13 @@ class CheckReport:
     problems: list[Problem] = field(default_factory=list)
 
 
-def check_tasks(tasks: list[TaskSpec], paths: DataPaths, workers: int, progress: bool = True) -> CheckReport:
+def check_tasks(
+    tasks: list[TaskSpec],
+    paths: DataPaths,
+    workers: int,
+    progress: bool = True,
+    limits: MediaLimits = DEFAULT_LIMITS,
+) -> CheckReport:
     report = CheckReport()
     users: dict[tuple[Modality, str], list[str]] = defaultdict(list)
     for task in tasks:
@@ -44,7 +51,7 @@ def check_tasks(tasks: list[TaskSpec], paths: DataPaths, workers: int, progress:
                 users[(modality, path)].append(f"{task.name}:{sample.id}")
     for modality, _ in users:
         report.media_files[modality] += 1
-    for (modality, path), reason in _decode_all(list(users), workers, progress):
+    for (modality, path), reason in _decode_all(list(users), workers, progress, limits):
         if reason is None:
             report.media_decoded[modality] += 1
         else:
@@ -52,7 +59,7 @@ def check_tasks(tasks: list[TaskSpec], paths: DataPaths, workers: int, progress:
     return report
 
 
-def _decode_all(media: list[tuple[Modality, str]], workers: int, progress: bool):
+def _decode_all(media: list[tuple[Modality, str]], workers: int, progress: bool, limits: MediaLimits):
     """Yield ((modality, path), None or the reason it failed) for every file, as decoding completes."""
     from tqdm import tqdm
 
@@ -60,7 +67,7 @@ def _decode_all(media: list[tuple[Modality, str]], workers: int, progress: bool)
 
     def decode(item: tuple[Modality, str]) -> str | None:
         try:
-            load_media(*item)
+            load_media(*item, limits=limits)
         except MediaError as error:
             return error.reason
         except Exception as error:  # noqa: BLE001 - any decoder failure is a problem to report, not a crash
@@ -97,7 +104,16 @@ def print_report(report: CheckReport, out=None) -> None:
 def main(argv: list[str] | None = None) -> int:
     import os
 
-    from mcub.cli import DONE, VERDICT, add_data_arguments, data_paths, run_command, split_names
+    from mcub.cli import (
+        DONE,
+        VERDICT,
+        add_data_arguments,
+        add_media_limit_argument,
+        data_paths,
+        media_limit_values,
+        run_command,
+        split_names,
+    )
     from mcub.tasks import load_registry
 
     parser = argparse.ArgumentParser(prog="mcub data", description="Check task data before a long run.")
@@ -106,12 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--tasks", required=True, help="task and group names, comma-separated")
     add_data_arguments(check)
     check.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding threads")
+    add_media_limit_argument(check)
     check.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
     def command() -> int:
         tasks = load_registry().resolve(split_names(args.tasks))
-        report = check_tasks(tasks, data_paths(args), args.workers, progress=not args.no_progress)
+        limits = MediaLimits.from_values(media_limit_values(args.media_limit))
+        report = check_tasks(tasks, data_paths(args), args.workers, not args.no_progress, limits)
         print_report(report)
         return VERDICT if report.problems else DONE
 

@@ -72,6 +72,35 @@ def judge_values(args: argparse.Namespace) -> dict | None:
     return values
 
 
+def add_media_limit_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--media-limit",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="raise or lower a limit on what a media file may ask the decoders for (file_bytes, image_pixels, "
+        "video_frame_pixels, video_frames, audio_seconds, audio_rate, points; see README)",
+    )
+
+
+def media_limit_values(pairs: list[str]) -> dict[str, float]:
+    """`NAME=VALUE` pairs of --media-limit as numbers (checked against the known limits)."""
+    from mcub.media.limits import MediaLimits
+
+    values: dict[str, float] = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        try:
+            values[name.strip()] = float(value)
+        except ValueError:
+            raise McubError(f"--media-limit {pair!r} is not NAME=NUMBER") from None
+    try:
+        MediaLimits.from_values(values)
+    except ValueError as error:
+        raise McubError(f"--media-limit: {error}") from None
+    return values
+
+
 def split_names(text: str) -> list[str]:
     """Comma-separated names, blanks dropped."""
     return [name.strip() for name in text.split(",") if name.strip()]

@@ -7,7 +7,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mcub.cli import DONE, add_data_arguments, add_scorer_arguments, judge_values, run_command, split_names
+from mcub.cli import (
+    DONE,
+    add_data_arguments,
+    add_media_limit_argument,
+    add_scorer_arguments,
+    judge_values,
+    media_limit_values,
+    run_command,
+    split_names,
+)
 from mcub.data import DataError, count_questions
 from mcub.tasks import Registry, load_registry
 
@@ -39,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model-arg", action="append", default=[], metavar="KEY=VALUE", help="override a model argument"
     )
+    add_media_limit_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--list-tasks", action="store_true", help="list every task and group, then exit")
     parser.add_argument("--list-models", action="store_true", help="list every model id, then exit")
@@ -62,6 +72,8 @@ def request_values(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
                                ("resume", "resume", True), ("strict", "strict", True)):  # fmt: skip
         if getattr(args, flag):
             values[field] = value
+    if args.media_limit:
+        values["media_limits"] = {**(values.get("media_limits") or {}), **media_limit_values(args.media_limit)}
     if args.model_arg:
         values["model_args"] = merge_args(values.get("model_args") or {}, parse_model_args(args.model_arg))
     scoring = dict(values.get("scoring") or {})

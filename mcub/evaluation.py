@@ -181,7 +181,7 @@ def _run_in(
     if dist.is_main:
         check_identity(run_dir, {**expected, "weights": description.weights})
     settings = RunSettings(request.batch_size, request.num_workers, request.strict, request.limit,
-                           pin_memory=device.startswith("cuda"))  # fmt: skip
+                           pin_memory=device.startswith("cuda"), media_limits=request.limits)  # fmt: skip
     notes: dict[str, list[str]] = {}
     for data in plan.datasets:
         protocol = plan.protocols[data.task.name]
@@ -219,6 +219,7 @@ def _run_in(
             device=device,
             dtype=plan.dtype,
             world_size=dist.world_size,
+            media_limits=request.limits.changed(),
         ),  # fmt: skip
         scoring=request.scoring,
         environment=environment(),

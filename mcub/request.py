@@ -5,12 +5,15 @@ and the lm-eval bridge all build, and that every run writes back resolved (`run.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mcub.errors import McubError, validation_problems
 from mcub.schema import DEFAULT_DATA_ROOT, DataPaths, ScorerSettings
+
+if TYPE_CHECKING:
+    from mcub.media.limits import MediaLimits
 
 DEFAULT_OUTPUT_DIR = Path("results")
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -49,6 +52,8 @@ class EvalRequest(BaseModel):
     seed: int = 0
     strict: bool = False
     scoring: ScorerSettings = ScorerSettings()
+    media_limits: dict[str, float] = {}
+    """Limits on what a media file may ask the decoders for, over the defaults (see mcub.media.limits)."""
     progress: bool = True
 
     @field_validator("batch_size", mode="before")
@@ -67,6 +72,20 @@ class EvalRequest(BaseModel):
             except ProtocolError as error:
                 raise ValueError(str(error)) from None
         return value
+
+    @field_validator("media_limits")
+    @classmethod
+    def _known_limits(cls, value: dict[str, float]) -> dict[str, float]:
+        from mcub.media.limits import MediaLimits
+
+        MediaLimits.from_values(value)
+        return value
+
+    @property
+    def limits(self) -> MediaLimits:
+        from mcub.media.limits import MediaLimits
+
+        return MediaLimits.from_values(self.media_limits)
 
     @property
     def data_paths(self) -> DataPaths:

@@ -284,6 +284,8 @@ class Settings(BaseModel):
     device: str = "cpu"
     dtype: str = "float32"
     world_size: int = 1
+    media_limits: dict[str, float] = {}
+    """The media limits changed from their defaults (mcub.media.limits)."""
 
 
 class Environment(BaseModel):

@@ -9,6 +9,7 @@ from typing import Any
 
 from mcub.errors import MediaError
 from mcub.hashing import file_sha256
+from mcub.media.limits import DEFAULT_LIMITS, MediaLimits, check_limits
 from mcub.modalities import Modality
 
 _MODULES: dict[Modality, str] = {
@@ -35,14 +36,20 @@ def preprocessing_names(modality: Modality) -> tuple[str, ...]:
 
 
 def load_media(
-    modality: Modality, path: str, preprocessing: str | None = None, sha256: str | None = None
+    modality: Modality,
+    path: str,
+    preprocessing: str | None = None,
+    sha256: str | None = None,
+    limits: MediaLimits = DEFAULT_LIMITS,
 ) -> MediaInput:
     """Decode `path` and apply a named preprocessing (default: the one the released checkpoints used); `sha256`
-    is the file's content hash when the caller has it already."""
+    is the file's content hash when the caller has it already. A file over `limits` is refused from its header."""
     module = importlib.import_module(_MODULES[modality])
     name = preprocessing or preprocessing_names(modality)[0]
     if name not in module.PREPROCESSING:
         raise ValueError(f"unknown {modality} preprocessing {name!r}; known: {', '.join(module.PREPROCESSING)}")
+    check_file(path)
+    check_limits(modality, path, limits)
     tensors, provenance = module.PREPROCESSING[name](path)
     return MediaInput(
         modality,

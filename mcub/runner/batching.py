@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mcub.errors import RunError, UnsupportedInput
+from mcub.media.limits import DEFAULT_LIMITS, MediaLimits
 from mcub.models.base import Model
 from mcub.runner.loading import LoadedSample, SampleDataset
 from mcub.schema import Sample
@@ -30,9 +31,15 @@ def length_sorted_batches(samples: list[Sample], batch_size: int) -> list[list[i
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def find_batch_size(model: Model, samples: list[Sample], run: Callable[[list[LoadedSample]], object]) -> int:
+def find_batch_size(
+    model: Model,
+    samples: list[Sample],
+    run: Callable[[list[LoadedSample]], object],
+    limits: MediaLimits = DEFAULT_LIMITS,
+) -> int:
     """The largest batch (of AUTO_BATCH_SIZES; at most CPU_MAX_BATCH_SIZE without CUDA) whose costliest samples
-    `run` (prepare and answer, outputs discarded) without running out of GPU memory."""
+    `run` (prepare and answer, outputs discarded) without running out of GPU memory (media decoded within
+    `limits`)."""
     import torch
 
     if not samples:
@@ -40,7 +47,7 @@ def find_batch_size(model: Model, samples: list[Sample], run: Callable[[list[Loa
     order = [samples[i] for batch in length_sorted_batches(samples, len(samples)) for i in batch]
     limit = max(AUTO_BATCH_SIZES) if torch.cuda.is_available() else CPU_MAX_BATCH_SIZE
     sizes = [size for size in AUTO_BATCH_SIZES if size <= min(limit, len(samples)) or size == 1]
-    dataset = SampleDataset.for_model(order, model)
+    dataset = SampleDataset.for_model(order, model, limits)
     loaded = [dataset[index] for index in range(min(sizes[0], len(order)))]  # decoded once, for every probe
     for size in sizes:
         try:

@@ -12,6 +12,7 @@ from typing import Any
 from mcub.errors import MediaError
 from mcub.hashing import file_sha256
 from mcub.media import MediaInput, check_file, load_media, preprocessing_names
+from mcub.media.limits import DEFAULT_LIMITS, MediaLimits, check_limits
 from mcub.modalities import Modality
 from mcub.models.base import Model
 from mcub.models.feature_cache import FeatureCache
@@ -46,14 +47,18 @@ class SampleDataset:
         samples: list[Sample],
         preprocessing: dict[str, str] | None,
         feature_cache: FeatureCache | None = None,
+        limits: MediaLimits | None = DEFAULT_LIMITS,
     ):
         self.samples = samples
         self.preprocessing = preprocessing
         self.feature_cache = feature_cache
+        self.limits = limits
 
     @classmethod
-    def for_model(cls, samples: list[Sample], model: Model) -> SampleDataset:
-        return cls(samples, model.media_preprocessing, model.feature_cache)
+    def for_model(cls, samples: list[Sample], model: Model, limits: MediaLimits = DEFAULT_LIMITS) -> SampleDataset:
+        """The samples as `model` reads them: decoded by its preprocessings, or (a model that reads the files itself)
+        checked against `limits`, or (a model that reads no media) only checked to exist."""
+        return cls(samples, model.media_preprocessing, model.feature_cache, limits if model.reads_media else None)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -68,6 +73,8 @@ class SampleDataset:
             for modality, path in sample.media:
                 if self.preprocessing is None:
                     check_file(path)
+                    if self.limits is not None:
+                        check_limits(modality, path, self.limits)
                     loaded.provenance.append({"path": path, "modality": modality, "decoded": False})
                     continue
                 media = self._load(modality, path)
@@ -81,11 +88,13 @@ class SampleDataset:
     def _load(self, modality: Modality, path: str) -> MediaInput:
         """The cached features of the file, when the cache has them; else the decoded file."""
         name = self.preprocessing.get(modality) or preprocessing_names(modality)[0]
+        limits = self.limits or DEFAULT_LIMITS
         if self.feature_cache is None:
-            return load_media(modality, path, name)
+            return load_media(modality, path, name, limits=limits)
         check_file(path)
         digest = file_sha256(path)
-        return self.feature_cache.load(modality, path, digest, name) or load_media(modality, path, name, digest)
+        cached = self.feature_cache.load(modality, path, digest, name)
+        return cached or load_media(modality, path, name, digest, limits)
 
 
 class _QueueSampleSampler:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mcub.data import TaskData
 from mcub.errors import RunError
+from mcub.media.limits import DEFAULT_LIMITS, MediaLimits
 from mcub.models.base import Model, PreparedBatch
 from mcub.protocols import Answer, Protocol
 from mcub.results import RecordLog, consolidate_records, read_records
@@ -28,13 +29,15 @@ from mcub.tasks import TaskSpec
 @dataclass(frozen=True)
 class RunSettings:
     """How samples are run: batching (`batch_size` None: the largest that fits), decoding workers, the first
-    `limit` samples only, strictness (abort on the first error), pinned host memory for the copies to the GPU."""
+    `limit` samples only, strictness (abort on the first error), pinned host memory for the copies to the GPU, the
+    limits on what a media file may ask the decoders for."""
 
     batch_size: int | None = 1
     num_workers: int = 0
     strict: bool = False
     limit: int | None = None
     pin_memory: bool = False
+    media_limits: MediaLimits = DEFAULT_LIMITS
 
 
 @dataclass(frozen=True)
@@ -99,14 +102,16 @@ def run_task(
         notes.append(f"{main_file}: {len(recorded) - len(done)} record(s) made on other task data are redone")
     pending = [sample for sample in samples if sample.id not in done]
     if settings.batch_size is None:
-        batch_size = find_batch_size(model, pending, lambda items: query.answer_batch(model, items))
+        batch_size = find_batch_size(
+            model, pending, lambda items: query.answer_batch(model, items), settings.media_limits
+        )
     else:
         batch_size = settings.batch_size
     batches = length_sorted_batches(pending, batch_size)
     queue_key = dist.share(f"{task.name}/queue", f"{task.name}/{hashlib.sha256(os.urandom(8)).hexdigest()[:8]}")
     log = RecordLog(records_dir / f"{task.name}.rank{dist.rank}.jsonl")
     try:
-        dataset = SampleDataset.for_model(pending, model)
+        dataset = SampleDataset.for_model(pending, model, settings.media_limits)
         claim = lambda: dist.claim(queue_key)  # noqa: E731
         shown = progress and dist.is_main
         for items in load_batches(dataset, batches, claim, settings.num_workers, settings.pin_memory, shown, task.name):
