@@ -117,3 +117,18 @@ def test_the_gate_fails_a_new_run_that_lacks_records_unless_allowed(tmp_path, ca
     write_run(tmp_path / "base-t", {"t": [True] * 5})
     assert compare_main([str(tmp_path / "base-t"), str(tmp_path / "new"), "--max-missing", "0.8"]) == 0
     assert compare_main([str(tmp_path / "base-t"), str(tmp_path / "new"), "--max-missing", "0.7"]) == 1
+
+
+def test_the_binomial_tail_is_exact_to_float_rounding_and_linear_in_time():
+    import time
+    from fractions import Fraction
+
+    from mcub.stats import binomial_lower_tail
+
+    for n in [*range(1, 90), 1001, 4000]:
+        for k in range(0, n + 1, max(1, n // 25)):
+            exact = float(Fraction(sum(math.comb(n, j) for j in range(k + 1)), 2**n))
+            assert binomial_lower_tail(k, n) == pytest.approx(exact, rel=1e-10, abs=1e-300)
+    start = time.perf_counter()
+    assert mcnemar_exact(99_950, 100_050) == pytest.approx(0.8248038, rel=1e-6)
+    assert time.perf_counter() - start < 0.5  # 200k discordant pairs (the sum of binomials took minutes)
