@@ -125,7 +125,7 @@ def test_the_binomial_tail_is_exact_to_float_rounding_and_linear_in_time():
 
     from mcub.stats import binomial_lower_tail
 
-    for n in [*range(1, 90), 1001, 4000]:
+    for n in [*range(1, 90), 1001]:
         for k in range(0, n + 1, max(1, n // 25)):
             exact = float(Fraction(sum(math.comb(n, j) for j in range(k + 1)), 2**n))
             assert binomial_lower_tail(k, n) == pytest.approx(exact, rel=1e-10, abs=1e-300)
