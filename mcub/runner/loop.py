@@ -114,7 +114,9 @@ def run_task(
         dataset = SampleDataset.for_model(pending, model, settings.media_limits)
         claim = lambda: dist.claim(queue_key)  # noqa: E731
         shown = progress and dist.is_main
-        for items in load_batches(dataset, batches, claim, settings.num_workers, settings.pin_memory, shown, task.name):
+        # A model that decodes no media has its files only checked: worker processes would cost more than they do.
+        workers = settings.num_workers if model.media_preprocessing is not None else 0
+        for items in load_batches(dataset, batches, claim, workers, settings.pin_memory, shown, task.name):
             with around_batch(items) if around_batch is not None else nullcontext():
                 log.append(evaluate_batch(model, items, data, query, settings))
     finally:
