@@ -1,4 +1,5 @@
-"""Audio: soundfile or PyAV decoding, mono, 16 kHz, and the BEATs fbank of the released audio encoder."""
+"""Audio: soundfile or PyAV decoding, mono, 16 kHz, the BEATs fbank of the released audio encoder, and the waveform
+itself for models whose own feature extractor reads it (`waveform-16k`)."""
 
 from __future__ import annotations
 
@@ -121,7 +122,13 @@ def _beats(padding_mask: PaddingMask):
     return preprocess
 
 
+def _waveform_16k(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    waveform, provenance = decode_audio(path)
+    return {"waveform": waveform}, provenance
+
+
 PREPROCESSING = {
     "beats-fbank": _beats("true"),
     "beats-fbank-reference-mask": _beats("reference"),
+    "waveform-16k": _waveform_16k,
 }

@@ -1,4 +1,5 @@
-"""Images: PIL RGB decoding, the reference's pad-to-square, and CLIP ViT-L/14-336 preprocessing."""
+"""Images: PIL RGB decoding, the reference's pad-to-square, CLIP ViT-L/14-336 preprocessing, and the decoded RGB
+pixels for models whose own processor resizes (`rgb`)."""
 
 from __future__ import annotations
 
@@ -66,7 +67,13 @@ def _clip_336(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return {"pixel_values": clip_pixel_values(image)}, {**provenance, "padded_to_square": False}
 
 
+def _rgb(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    image, provenance = decode_image(path)
+    return {"pixels": torch.from_numpy(np.array(image, dtype=np.uint8))}, provenance
+
+
 PREPROCESSING = {
     "clip-336-pad": _clip_336_pad,
     "clip-336": _clip_336,
+    "rgb": _rgb,
 }
