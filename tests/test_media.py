@@ -126,9 +126,13 @@ def test_pyav_and_soundfile_agree_and_mp4_audio_decodes(tmp_path):
     from mcub.media import audio
 
     path = str(synthetic.write_audio(tmp_path / "a.wav", seconds=0.5))
-    by_pyav, rate = audio._read_pyav(path)
-    by_soundfile, _ = audio._read_soundfile(path)
-    assert rate == 16000 and np.array_equal(by_pyav, by_soundfile)
+    by_pyav, rate, total = audio._read_pyav(path, None)
+    by_soundfile, _, _ = audio._read_soundfile(path, None)
+    assert (rate, total) == (16000, 8000) and np.array_equal(by_pyav, by_soundfile)
+    start_pyav, _, _ = audio._read_pyav(path, 0.2)
+    start_soundfile, _, whole = audio._read_soundfile(path, 0.2)
+    assert start_pyav.shape[1] == start_soundfile.shape[1] == 4800 and whole == 8000  # 0.2 s and the 0.1 s margin
+    assert np.array_equal(start_pyav, by_pyav[:, :4800]) and np.array_equal(start_soundfile, by_soundfile[:, :4800])
 
     m4a = tmp_path / "tone.m4a"
     with av.open(str(m4a), "w") as container:

@@ -106,3 +106,40 @@ def test_data_check_reports_inputs_over_a_limit_and_takes_the_flag(tmp_path, cap
     assert "4,000,000 points: over the points limit of 1,000,000" in capsys.readouterr().out
     assert check_main([*args, "--media-limit", "nonsense=3"]) == 2
     assert "error: --media-limit: unknown media limit(s) nonsense" in capsys.readouterr().err
+
+
+def test_beats_reads_only_its_window_and_gives_the_fbank_of_the_whole_file(tmp_path):
+    import soundfile
+    import torch
+
+    from mcub.media.audio import BEATS_SECONDS, beats_fbank, decode_audio
+
+    rate = 44_100
+    tone = (0.2 * np.sin(2 * np.pi * 330 * np.arange(30 * rate) / rate)).astype(np.float32)
+    noise = np.random.default_rng(0).normal(0, 0.05, tone.shape).astype(np.float32)
+    path = tmp_path / "long.wav"
+    soundfile.write(path, np.stack([tone + noise, tone - noise], axis=1), rate)
+    windowed = load_media("audio", str(path), "beats-fbank")
+    whole, _ = decode_audio(str(path))
+    fbank, mask, _ = beats_fbank(whole)
+    assert torch.allclose(windowed.tensors["fbank"], fbank, atol=1e-5) and torch.equal(
+        windowed.tensors["padding_mask"], mask
+    )
+    provenance = windowed.provenance
+    assert provenance["duration_s"] == 30.0 and provenance["original_samples"] == 30 * rate
+    assert provenance["read_samples"] == int(np.ceil((BEATS_SECONDS + 0.1) * rate))
+
+
+def test_a_wav_declared_at_1_hz_is_read_only_as_far_as_its_window(tmp_path):
+    import soundfile
+
+    path = tmp_path / "slow.wav"
+    soundfile.write(path, np.random.default_rng(0).uniform(-0.5, 0.5, 3600).astype(np.float32), 1, subtype="FLOAT")
+    media = load_media("audio", str(path), "beats-fbank")
+    assert media.provenance["read_samples"] == 11 and media.provenance["duration_s"] == 3600.0
+    assert media.provenance["samples"] == 11 * 16_000  # not the 57.6 M samples of the whole declared hour
+    with pytest.raises(MediaError, match=r"3,600 seconds of audio to decode: over the audio_seconds limit of 600"):
+        check_limits("audio", str(path), MediaLimits(audio_seconds=600))  # a preprocessing that reads it whole
+    with pytest.raises(MediaError, match=r"a sample rate of 96,000 Hz: over the audio_rate limit of 48,000"):
+        soundfile.write(tmp_path / "fast.wav", np.zeros(960, np.float32), 96_000)
+        check_limits("audio", str(tmp_path / "fast.wav"), MediaLimits(audio_rate=48_000))

@@ -49,7 +49,7 @@ def load_media(
     if name not in module.PREPROCESSING:
         raise ValueError(f"unknown {modality} preprocessing {name!r}; known: {', '.join(module.PREPROCESSING)}")
     check_file(path)
-    check_limits(modality, path, limits)
+    check_limits(modality, path, limits, getattr(module, "READ_SECONDS", {}).get(name))
     tensors, provenance = module.PREPROCESSING[name](path)
     return MediaInput(
         modality,

@@ -21,13 +21,20 @@ SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif"}
 PaddingMask = Literal["true", "reference"]
 
 
-def decode_audio(path: str) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Mono float32 samples at 16 kHz: all channels averaged, then resampled with torchaudio."""
+BEATS_SECONDS = round((FBANK_FRAMES - 1) * 0.010 + 0.025, 3)
+"""The audio BEATs' 1024 fbank frames cover (25 ms windows every 10 ms): the rest of a file is never read."""
+RESAMPLING_MARGIN_S = 0.1
+"""Read past a window's end so that resampling gives its last samples as if the whole file had been read."""
+
+
+def decode_audio(path: str, max_seconds: float | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Mono float32 samples at 16 kHz: all channels averaged, then resampled with torchaudio. With `max_seconds`,
+    only the start of the stream is read (that window and a resampling margin), never the rest."""
     check_file(path)
     if Path(path).suffix.lower() in SOUNDFILE_SUFFIXES:
-        samples, rate, decoder = *_read_soundfile(path), "soundfile"
+        samples, rate, total, decoder = *_read_soundfile(path, max_seconds), "soundfile"
     else:
-        samples, rate, decoder = *_read_pyav(path), "pyav"
+        samples, rate, total, decoder = *_read_pyav(path, max_seconds), "pyav"
     if samples.shape[1] == 0:
         raise MediaError(path, "the audio has zero samples")
     mono = torch.from_numpy(np.ascontiguousarray(samples.mean(axis=0, dtype=np.float32)))
@@ -39,25 +46,36 @@ def decode_audio(path: str) -> tuple[torch.Tensor, dict[str, Any]]:
         "decoder": decoder,
         "original_rate": rate,
         "channels": int(samples.shape[0]),
-        "original_samples": int(samples.shape[1]),
+        "original_samples": total,
+        "read_samples": int(samples.shape[1]),
         "rate": SAMPLE_RATE,
         "samples": int(mono.shape[0]),
-        "duration_s": round(samples.shape[1] / rate, 6),
+        "duration_s": round(total / rate, 6),
     }
     return mono, provenance
 
 
-def _read_soundfile(path: str) -> tuple[np.ndarray, int]:
+def _samples_to_read(max_seconds: float | None, rate: int) -> int | None:
+    return None if max_seconds is None else int(np.ceil(round((max_seconds + RESAMPLING_MARGIN_S) * rate, 6)))
+
+
+def _read_soundfile(path: str, max_seconds: float | None) -> tuple[np.ndarray, int, int]:
+    """(channels, samples) of the start of the file, its rate, and the samples the whole file holds."""
     import soundfile
 
     try:
-        data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+        with soundfile.SoundFile(path) as handle:
+            rate, total = int(handle.samplerate), int(handle.frames)
+            wanted = _samples_to_read(max_seconds, rate)
+            data = handle.read(-1 if wanted is None else min(wanted, total), dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
         raise MediaError(path, f"undecodable audio ({error})") from None
-    return data.T, int(rate)
+    return data.T, rate, max(total, data.shape[0])
 
 
-def _read_pyav(path: str) -> tuple[np.ndarray, int]:
+def _read_pyav(path: str, max_seconds: float | None) -> tuple[np.ndarray, int, int]:
+    """(channels, samples) of the start of the stream, its rate, and the samples decoded (the stream's length when
+    it was read whole, else the samples read)."""
     import av
 
     try:
@@ -65,18 +83,27 @@ def _read_pyav(path: str) -> tuple[np.ndarray, int]:
             if not container.streams.audio:
                 raise MediaError(path, "no audio stream")
             stream = container.streams.audio[0]
+            rate, channels = int(stream.rate), stream.channels
+            wanted = _samples_to_read(max_seconds, rate)
             resampler = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=stream.rate)
-            chunks = []
+            chunks: list[np.ndarray] = []
+            read = 0
             for frame in container.decode(stream):
-                chunks.extend(converted.to_ndarray() for converted in resampler.resample(frame))
-            chunks.extend(converted.to_ndarray() for converted in resampler.resample(None))
-            rate = int(stream.rate)
-            channels = stream.channels
+                for converted in resampler.resample(frame):
+                    chunks.append(converted.to_ndarray())
+                    read += chunks[-1].shape[1]
+                if wanted is not None and read >= wanted:
+                    break
+            else:
+                chunks.extend(converted.to_ndarray() for converted in resampler.resample(None))
     except av.FFmpegError as error:
         raise MediaError(path, f"undecodable audio ({error})") from None
     if not chunks:
-        return np.zeros((channels, 0), np.float32), rate
-    return np.concatenate(chunks, axis=1).astype(np.float32, copy=False), rate
+        return np.zeros((channels, 0), np.float32), rate, 0
+    samples = np.concatenate(chunks, axis=1).astype(np.float32, copy=False)
+    if wanted is not None:
+        samples = samples[:, :wanted]
+    return samples, rate, samples.shape[1]
 
 
 def beats_fbank(
@@ -115,7 +142,7 @@ def beats_fbank(
 
 def _beats(padding_mask: PaddingMask):
     def preprocess(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        waveform, provenance = decode_audio(path)
+        waveform, provenance = decode_audio(path, BEATS_SECONDS)
         fbank, mask, window = beats_fbank(waveform, padding_mask=padding_mask, path=path)
         return {"fbank": fbank, "padding_mask": mask}, {**provenance, **window}
 
@@ -126,6 +153,9 @@ def _waveform_16k(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     waveform, provenance = decode_audio(path)
     return {"waveform": waveform}, provenance
 
+
+READ_SECONDS = {"beats-fbank": BEATS_SECONDS, "beats-fbank-reference-mask": BEATS_SECONDS}
+"""The seconds a preprocessing reads from the start of a file (the others read it whole)."""
 
 PREPROCESSING = {
     "beats-fbank": _beats("true"),

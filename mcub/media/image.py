@@ -26,7 +26,7 @@ def decode_image(path: str) -> tuple[Image.Image, dict[str, Any]]:
             opened.load()
             image = opened.convert("RGB")
             mode = opened.mode
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
         raise MediaError(path, f"undecodable image ({error})") from None
     return image, {"decoder": "pil", "original_mode": mode, "width": image.width, "height": image.height}
 

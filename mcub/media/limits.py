@@ -68,9 +68,12 @@ def _number(value: float) -> str:
     return f"{int(value):,}" if float(value).is_integer() else f"{value:,.6g}"
 
 
-def check_limits(modality: Modality, path: str, limits: MediaLimits = DEFAULT_LIMITS) -> None:
+def check_limits(
+    modality: Modality, path: str, limits: MediaLimits = DEFAULT_LIMITS, read_seconds: float | None = None
+) -> None:
     """Refuse a file whose size or header says it is over a limit (a file whose header cannot be read is left to its
-    decoder, which names the problem)."""
+    decoder, which names the problem). `read_seconds`: the audio a preprocessing reads from the start of the file
+    (None: all of it)."""
     size = Path(path).stat().st_size
     if size > limits.file_bytes:
         raise over_limit(path, f"{_number(size)} bytes", "file_bytes", limits)
@@ -80,6 +83,42 @@ def check_limits(modality: Modality, path: str, limits: MediaLimits = DEFAULT_LI
         _check_video(path, limits)
     elif modality == "point":
         _check_points(path, limits)
+    elif modality == "audio":
+        _check_audio(path, limits, read_seconds)
+
+
+def _check_audio(path: str, limits: MediaLimits, read_seconds: float | None) -> None:
+    header = _audio_header(path)
+    if header is None:
+        return
+    rate, seconds = header
+    if rate > limits.audio_rate:
+        raise over_limit(path, f"a sample rate of {_number(rate)} Hz", "audio_rate", limits)
+    read = seconds if read_seconds is None else min(seconds, read_seconds)
+    if read > limits.audio_seconds:
+        raise over_limit(path, f"{_number(round(read, 3))} seconds of audio to decode", "audio_seconds", limits)
+
+
+def _audio_header(path: str) -> tuple[int, float] | None:
+    """(sample rate, seconds) from the header of an audio file (None: no header to read)."""
+    from mcub.media.audio import SOUNDFILE_SUFFIXES
+
+    try:
+        if Path(path).suffix.lower() in SOUNDFILE_SUFFIXES:
+            import soundfile
+
+            info = soundfile.info(path)
+            return int(info.samplerate), float(info.duration)
+        import av
+
+        with av.open(path) as container:
+            if not container.streams.audio:
+                return None
+            stream = container.streams.audio[0]
+            seconds = float(stream.duration * stream.time_base) if stream.duration else container.duration / 1e6
+            return int(stream.rate), seconds
+    except Exception:  # noqa: BLE001 - an unreadable header is the decoder's to report
+        return None
 
 
 def _check_image(path: str, limits: MediaLimits) -> None:
