@@ -1,10 +1,12 @@
 """The Qwen2.5-Omni adapter on a tiny random thinker and processor written here: its arguments and media
 preprocessings, content parts in placeholder order, use_audio_in_video reaching the processor and the model, real
 batching, greedy decoding, loglik against independent teacher forcing, receipts counted from the processor's tokens,
-errors through the runner, and the point-cloud tasks it is skipped for."""
+the same numbers on transformers 5.17 and 5.24, errors through the runner, and the point-cloud tasks it is skipped
+for."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 from pathlib import Path
 
@@ -259,22 +261,36 @@ def test_content_parts_follow_the_placeholders(tiny, media):
 
 @pytest.mark.parametrize("use_audio_in_video", [False, True])
 def test_use_audio_in_video_reaches_the_processor_and_the_model(tiny, media, monkeypatch, use_audio_in_video):
-    from transformers import Qwen2_5OmniProcessor
-    from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniThinkerModel
+    import inspect
 
-    seen = {"processor": [], "model": []}
-    process, forward = Qwen2_5OmniProcessor.__call__, Qwen2_5OmniThinkerModel.forward
+    from transformers import Qwen2_5OmniProcessor, Qwen2_5OmniThinkerForConditionalGeneration
 
-    def spied_process(self, *args, **kwargs):
-        seen["processor"].append(kwargs["load_audio_from_video"])
+    seen = {"processor": [], "model": [], "positions": []}
+    process, forward = Qwen2_5OmniProcessor.__call__, Qwen2_5OmniThinkerForConditionalGeneration.forward
+    rope_index = Qwen2_5OmniThinkerForConditionalGeneration.get_rope_index
+
+    @functools.wraps(process)
+    def spied_process(self, *args, **kwargs):  # 5.24 names it load_audio_from_video, 5.17 use_audio_in_video
+        seen["processor"].append(
+            [kwargs[key] for key in ("load_audio_from_video", "use_audio_in_video") if key in kwargs]
+        )
         return process(self, *args, **kwargs)
 
+    @functools.wraps(forward)  # generate checks its arguments against forward's signature
     def spied_forward(self, *args, **kwargs):
         seen["model"].append(kwargs["use_audio_in_video"])
         return forward(self, *args, **kwargs)
 
+    @functools.wraps(rope_index)
+    def spied_rope_index(self, *args, **kwargs):  # where the flag takes effect: the positions of a video's audio
+        bound = inspect.signature(rope_index).bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        seen["positions"].append(bound.arguments["use_audio_in_video"])
+        return rope_index(self, *args, **kwargs)
+
     monkeypatch.setattr(Qwen2_5OmniProcessor, "__call__", spied_process)
-    monkeypatch.setattr(Qwen2_5OmniThinkerModel, "forward", spied_forward)
+    monkeypatch.setattr(Qwen2_5OmniThinkerForConditionalGeneration, "forward", spied_forward)
+    monkeypatch.setattr(Qwen2_5OmniThinkerForConditionalGeneration, "get_rope_index", spied_rope_index)
     model = _model(tiny, use_audio_in_video=use_audio_in_video)
     sample = _sample(
         "1", PROMPT, [("audio", media["audio"]), ("image", media["image"]), ("video", media["video+audio"])]
@@ -283,8 +299,9 @@ def test_use_audio_in_video_reaches_the_processor_and_the_model(tiny, media, mon
     assert isinstance(model.generate(batch, max_new_tokens=3)[0], str)
     [scores] = model.loglik(batch, [["A", "a dog"]])
     assert len(scores) == 2 and all(np.isfinite(scores))
-    assert seen["processor"] == [use_audio_in_video] and set(seen["model"]) == {use_audio_in_video}
-    assert len(seen["model"]) >= 3  # the generation steps and the two loglik passes
+    assert seen["processor"] == [[use_audio_in_video]] and set(seen["model"]) == {use_audio_in_video}
+    assert len(seen["model"]) == 3 + 2  # the generation steps and the two loglik passes
+    assert seen["positions"] == [use_audio_in_video] * 2  # generation's and loglik's
     audio, image, video = batch.receipts[0]
     ids = batch.inputs["input_ids"][0].tolist()
     audio_pads = ids.count(model.tokens.audio)
@@ -295,6 +312,30 @@ def test_use_audio_in_video_reaches_the_processor_and_the_model(tiny, media, mon
         assert "audio_seconds" not in video.details and audio_pads == audio.positions
     assert model.media_preprocessing["video"] == ("qwen-omni-2fps-audio" if use_audio_in_video else "qwen-omni-2fps")
     assert model.describe().details["use_audio_in_video"] is use_audio_in_video
+
+
+@pytest.mark.parametrize(
+    ("use_audio_in_video", "positions", "answers", "logliks"),
+    [
+        (False, [[12, 2, 8], [20, 2, 16]], ["st\ufffdable vi"] * 2,
+         [[-5.9544, -11.7724, -12.2022], [-5.9581, -11.7748, -12.2135]]),
+        (True, [[12, 2, 22]], ["st\u0431:"], [[-5.9568, -11.7662, -12.2042]]),
+    ],
+)  # fmt: skip
+def test_the_numbers_are_the_same_on_transformers_5_17_and_5_24(
+    tiny, media, use_audio_in_video, positions, answers, logliks
+):
+    """Measured on both versions, whose calls differ (mcub.models.qwen_omni.compat): the same token spans, greedy
+    answers and logliks, with and without a video's own audio."""
+    model = _model(tiny, use_audio_in_video=use_audio_in_video)
+    samples = _samples(media)
+    if use_audio_in_video:
+        samples = [_sample("1", PROMPT, [("audio", media["audio"]), ("image", media["image"]),
+                                         ("video", media["video+audio"])])]  # fmt: skip
+    batch = _posed(model, samples)
+    assert [[receipt.positions for receipt in receipts] for receipts in batch.receipts] == positions
+    assert model.generate(batch, max_new_tokens=4) == answers
+    assert np.allclose(model.loglik(batch, [["A", "a dog", "\n rain"]] * len(samples)), logliks, atol=2e-4)
 
 
 def test_a_batch_of_two_equals_two_batches_of_one(tiny, media):
@@ -401,17 +442,18 @@ def _mcub3_data(data_root: Path, media: dict[str, str]) -> None:
 
 
 def test_a_model_error_becomes_an_error_record_naming_the_sample(tiny, media, tmp_path, monkeypatch):
-    from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniThinkerModel
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
-    forward = Qwen2_5OmniThinkerModel.forward
+    forward = Qwen2_5OmniThinkerForConditionalGeneration.forward
 
+    @functools.wraps(forward)  # generate checks its arguments against forward's signature
     def out_of_memory_on_sample_2(self, *args, **kwargs):
         audio_frames = kwargs.get("feature_attention_mask")
         if audio_frames is not None and bool((audio_frames.sum(-1) == 80).any()):  # its 0.8 s of audio
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return forward(self, *args, **kwargs)
 
-    monkeypatch.setattr(Qwen2_5OmniThinkerModel, "forward", out_of_memory_on_sample_2)
+    monkeypatch.setattr(Qwen2_5OmniThinkerForConditionalGeneration, "forward", out_of_memory_on_sample_2)
     _mcub3_data(tmp_path / "data", media)
     request = mcub.EvalRequest(
         model="qwen2.5-omni-7b", model_args={"pretrained": str(tiny), **SMALL}, tasks=["mcub-3-image-audio-video"],
@@ -429,4 +471,5 @@ def test_a_model_error_becomes_an_error_record_naming_the_sample(tiny, media, tm
     assert records["1"].media[2]["frame_indices"] == [0, 4, 7, 11]
     assert summary.tasks["mcub-3-image-audio-video"].metrics.errors == 1
     assert summary.model.adapter == "qwen-omni" and summary.model.details["pretrained"] == str(tiny)
-    assert summary.model.weights["pretrained/config.json"] == file_sha256(tiny / "config.json")
+    for name in ("config.json", "chat_template.jinja", "processor_config.json", "tokenizer_config.json"):
+        assert summary.model.weights[f"pretrained/{name}"] == file_sha256(tiny / name)

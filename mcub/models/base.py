@@ -96,6 +96,21 @@ def first_character_complete(text: str) -> bool:
     return bool(stripped) and stripped[0] != "\ufffd"
 
 
+class FirstCharacterStop:
+    """Stops each row once its new text holds its first non-space character whole (the first-character score
+    cannot change after that)."""
+
+    def __init__(self, tokenizer: Any, prompt_length: int):
+        self.tokenizer = tokenizer
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
+        return torch.tensor([first_character_complete(text) for text in texts], device=input_ids.device)
+
+
 def refuse_beyond_context(samples: list[Sample], lengths: list[int], limit: int) -> None:
     """Raise UnsupportedInput naming every sample whose input positions exceed the LLM's context: positions past
     `max_position_embeddings` would run (rotary embeddings extrapolate) but were never trained."""

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
 
 from mcub.media import MediaInput
 from mcub.modalities import MODALITIES
-from mcub.models.base import Model, PreparedBatch, Runtime, Stop, first_character_complete, refuse_beyond_context
+from mcub.models.base import FirstCharacterStop, Model, PreparedBatch, Runtime, Stop, refuse_beyond_context
 from mcub.models.baseline_arguments import BlindArguments, RandomArguments
 from mcub.models.weight_hashes import small_file_hashes
 from mcub.prompts import strip_placeholders, vicuna_v1
@@ -94,7 +93,7 @@ class BlindModel(Model):
 
         encoded = self.tokenizer(batch.prompts, return_tensors="pt", padding=True).to(self.runtime.device)
         criteria = StoppingCriteriaList(
-            [_FirstCharacterStop(self.tokenizer, encoded.input_ids.shape[1])] if stop == "first-character" else []
+            [FirstCharacterStop(self.tokenizer, encoded.input_ids.shape[1])] if stop == "first-character" else []
         )
         with torch.inference_mode():
             generated = self.model.generate(
@@ -155,18 +154,3 @@ def _common_prefix(first: list[int], second: list[int]) -> int:
             break
         length += 1
     return max(1, min(length, len(second) - 1))
-
-
-class _FirstCharacterStop:
-    """Stops each row once its new text holds its first non-space character whole (the first-character score
-    cannot change after that)."""
-
-    def __init__(self, tokenizer: Any, prompt_length: int):
-        self.tokenizer = tokenizer
-        self.prompt_length = prompt_length
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
-        return torch.tensor([first_character_complete(text) for text in texts], device=input_ids.device)

@@ -1,6 +1,6 @@
 """The sha256 of the weight files a model description names, by role. A pretrained directory (an LLM, a HF encoder)
-is identified by its small files (configuration, tokenizer, shard index), which are hashed in a moment; its big
-shards are not read again."""
+is identified by its small files (configuration, tokenizer, processor and chat template, shard index), which are
+hashed in a moment; its big shards are not read again."""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ SMALL_FILES = (
     "config.json",
     "generation_config.json",
     "preprocessor_config.json",
+    "video_preprocessor_config.json",
+    "processor_config.json",
+    "chat_template.json",
+    "chat_template.jinja",
     "tokenizer.model",
     "tokenizer.json",
     "tokenizer_config.json",

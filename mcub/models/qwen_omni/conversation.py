@@ -3,11 +3,10 @@ sample's placeholders."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from mcub.errors import UnsupportedInput
-from mcub.modalities import PLACEHOLDERS
+from mcub.prompts import placeholder_parts
 from mcub.schema import Sample
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -16,21 +15,18 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 """The system prompt of the Qwen2.5-Omni model card and of transformers' Qwen2.5-Omni documentation."""
 
-_PLACEHOLDER = re.compile("|".join(re.escape(placeholder) for placeholder in PLACEHOLDERS.values()))
-_MODALITY_OF = {placeholder: modality for modality, placeholder in PLACEHOLDERS.items()}
-
 
 def content_parts(sample: Sample) -> list[dict[str, Any]]:
     """The user turn's parts: each placeholder as a part of its modality, the text between them as text parts, as
     written (nothing stripped; empty text left out)."""
-    placed = [_MODALITY_OF[found] for found in _PLACEHOLDER.findall(sample.prompt)]
+    texts, placed = placeholder_parts(sample.prompt)
     carried = [modality for modality, _ in sample.media]
     if placed != carried:
         raise UnsupportedInput(
             f"sample {sample.id}: placeholders {'+'.join(placed) or 'none'} but media {'+'.join(carried) or 'none'}"
         )
     parts: list[dict[str, Any]] = []
-    for index, text in enumerate(_PLACEHOLDER.split(sample.prompt)):
+    for index, text in enumerate(texts):
         if text:
             parts.append({"type": "text", "text": text})
         if index < len(placed):

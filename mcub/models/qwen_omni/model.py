@@ -15,9 +15,9 @@ import torch
 from mcub.errors import UnsupportedInput
 from mcub.media import MediaInput, consumed
 from mcub.media.video import QWEN_OMNI_SAMPLING
-from mcub.models.base import Model, ModelError, PreparedBatch, Runtime, Stop, refuse_beyond_context
-from mcub.models.baselines import _FirstCharacterStop
+from mcub.models.base import FirstCharacterStop, Model, ModelError, PreparedBatch, Runtime, Stop, refuse_beyond_context
 from mcub.models.qwen_omni.arguments import QwenOmniArguments
+from mcub.models.qwen_omni.compat import TransformersCalls
 from mcub.models.qwen_omni.conversation import DEFAULT_SYSTEM_PROMPT, conversation
 from mcub.models.qwen_omni.spans import MediaTokens, media_spans, positions
 from mcub.models.weight_hashes import small_file_hashes
@@ -91,12 +91,13 @@ class QwenOmniModel(Model):
                 "point at a local copy with --model-arg pretrained=PATH"
             ) from None
         self.model.to(runtime.device).eval()
+        self.calls = TransformersCalls.of(self.processor, self.model)
         processor, tokenizer = self.processor, self.processor.tokenizer
         token_id = tokenizer.convert_tokens_to_ids
         self.tokens = MediaTokens(
-            image=processor.image_token_id,
-            video=processor.video_token_id,
-            audio=processor.audio_token_id,
+            image=token_id(processor.image_token),
+            video=token_id(processor.video_token),
+            audio=token_id(processor.audio_token),
             starts=frozenset({token_id(processor.vision_bos_token), token_id(processor.audio_bos_token)}),
             ends=frozenset({token_id(processor.vision_eos_token), token_id(processor.audio_eos_token)}),
         )
@@ -120,8 +121,7 @@ class QwenOmniModel(Model):
             images=gathered.images or None,
             videos=gathered.videos or None,
             audio=gathered.audio or None,
-            audio_from_video_indices=gathered.audio_sources if arguments.use_audio_in_video else None,
-            load_audio_from_video=arguments.use_audio_in_video,
+            **self.calls.audio_in_video(arguments.use_audio_in_video, gathered.audio_sources),
             padding=True,
             padding_side="left",
             return_tensors="pt",
@@ -222,7 +222,7 @@ class QwenOmniModel(Model):
         inputs = self._model_inputs(batch.inputs)
         width = inputs["input_ids"].shape[1]
         tokenizer = self.processor.tokenizer
-        criteria = StoppingCriteriaList([_FirstCharacterStop(tokenizer, width)] if stop == "first-character" else [])
+        criteria = StoppingCriteriaList([FirstCharacterStop(tokenizer, width)] if stop == "first-character" else [])
         with torch.inference_mode():
             generated = self.model.generate(
                 **inputs,
@@ -265,7 +265,8 @@ class QwenOmniModel(Model):
 
     def _tail_logprobs(self, batch: PreparedBatch, tails: list[tuple[int, list[int]]], cut: int):
         """Log-probabilities after the prompts less their last `cut` tokens (per sample row), and at each step of
-        the tails that follow them but the last (per tail; None when every tail is one token)."""
+        the tails that follow them but the last (per tail; None when every tail is one token). Both passes are the
+        thinker's own forward, as in generation (its logits over the whole prompt are dropped but the last)."""
         inputs = self._model_inputs(batch.inputs)
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         feature_mask = inputs.get("feature_attention_mask")
@@ -279,38 +280,40 @@ class QwenOmniModel(Model):
             inputs.get("video_second_per_grid"),
         )
         kept = ids.shape[1] - cut
-        network, head, audio_in_video = self.model.model, self.model.lm_head, self.arguments.use_audio_in_video
+        audio_in_video, cache = self.arguments.use_audio_in_video, self.calls.cache
         with torch.inference_mode():
-            prompt = network(
+            prompt = self.model(
                 **{**inputs, "input_ids": ids[:, :kept], "attention_mask": mask[:, :kept]},
                 position_ids=rope[:, :, :kept],
                 use_cache=True,
                 use_audio_in_video=audio_in_video,
             )
-            first = torch.log_softmax(head(prompt.last_hidden_state[:, -1]).float(), dim=-1)
+            first = torch.log_softmax(prompt.logits[:, -1].float(), dim=-1)
+            prompt_cache = getattr(prompt, cache)
+            del prompt
             steps = max(len(tokens) for _, tokens in tails) - 1
             if steps == 0:
                 return first, None
             device = ids.device
             owner = torch.tensor([row for row, _ in tails], device=device)
-            prompt.cache.batch_select_indices(owner)
+            prompt_cache.batch_select_indices(owner)
             step_ids = torch.tensor(
                 [tokens[:-1] + [self.pad_token_id] * (steps + 1 - len(tokens)) for _, tokens in tails], device=device
             )
             step_mask = torch.tensor([[1] * (len(t) - 1) + [0] * (steps + 1 - len(t)) for _, t in tails], device=device)
-            later = network(
+            later = self.model(
                 input_ids=step_ids,
                 attention_mask=torch.cat([mask[owner, :kept], step_mask], dim=1),
                 position_ids=rope[:, owner, kept - 1 : kept] + 1 + torch.arange(steps, device=device),
-                cache=prompt.cache,
                 use_cache=True,
                 use_audio_in_video=audio_in_video,
+                **{cache: prompt_cache},
             )
-            return first, torch.log_softmax(head(later.last_hidden_state).float(), dim=-1)
+            return first, torch.log_softmax(later.logits.float(), dim=-1)
 
     def describe(self) -> ModelDescription:
-        """The checkpoint's small files are hashed (config, tokenizer, preprocessor, shard index), which identify its
-        weight shards."""
+        """The checkpoint's small files are hashed (config, tokenizer, processor and chat template, shard index),
+        which identify its weight shards."""
         from transformers.utils import cached_file
 
         arguments = self.arguments
