@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,18 @@ class FirstCharacterStop:
 
         texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
         return torch.tensor([first_character_complete(text) for text in texts], device=input_ids.device)
+
+
+def scored_from(context: Sequence[Hashable], full: Sequence[Hashable]) -> int:
+    """Where the scored tokens of `full` (prompt + continuation) start: after the longest prefix it shares with
+    `context` (the prompt alone), so that a token merged across the boundary is scored, not dropped; at least the last
+    token is scored, never position 0."""
+    shared = 0
+    for a, b in zip(context, full, strict=False):
+        if a != b:
+            break
+        shared += 1
+    return max(1, min(shared, len(full) - 1))
 
 
 def refuse_beyond_context(samples: list[Sample], lengths: list[int], limit: int) -> None:

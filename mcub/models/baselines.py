@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mcub.media import MediaInput
 from mcub.modalities import MODALITIES
-from mcub.models.base import FirstCharacterStop, Model, PreparedBatch, Runtime, Stop, refuse_beyond_context
+from mcub.models.base import FirstCharacterStop, Model, PreparedBatch, Runtime, Stop, refuse_beyond_context, scored_from
 from mcub.models.baseline_arguments import BlindArguments, RandomArguments
 from mcub.models.weight_hashes import small_file_hashes
 from mcub.prompts import strip_placeholders, vicuna_v1
@@ -120,7 +120,7 @@ class BlindModel(Model):
 
         context = self.tokenizer(prompt).input_ids
         full = [self.tokenizer(f"{prompt} {text}").input_ids for text in continuations]
-        starts = [_common_prefix(context, ids) for ids in full]
+        starts = [scored_from(context, ids) for ids in full]
         width = max(len(ids) for ids in full)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids in full], device=self.runtime.device)
@@ -145,12 +145,3 @@ class BlindModel(Model):
             weights=small_file_hashes("pretrained", directory),
             details={"pretrained": self.pretrained, "directory": str(directory)},
         )
-
-
-def _common_prefix(first: list[int], second: list[int]) -> int:
-    length = 0
-    for a, b in zip(first, second, strict=False):
-        if a != b:
-            break
-        length += 1
-    return max(1, min(length, len(second) - 1))

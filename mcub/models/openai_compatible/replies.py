@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from mcub.errors import McubError
+from mcub.models.base import scored_from
 
 TokenLogprob = tuple[str, float]
 
@@ -55,8 +56,5 @@ def continuation_logprob(context: list[TokenLogprob | None], full: list[TokenLog
     """The sum of the log-probabilities of the tokens of `full` (prompt + continuation) after the longest prefix it
     shares with `context` (the prompt alone), so that a token merged across the boundary is scored, not dropped;
     at least the last token is scored, never position 0."""
-    shared = 1
-    while shared < min(len(context), len(full)) and context[shared][0] == full[shared][0]:
-        shared += 1
-    start = max(1, min(shared, len(full) - 1))
+    start = scored_from([entry and entry[0] for entry in context], [entry and entry[0] for entry in full])
     return sum(logprob for _, logprob in full[start:])

@@ -15,7 +15,16 @@ import torch
 from mcub.errors import UnsupportedInput
 from mcub.media import MediaInput, consumed
 from mcub.media.video import QWEN_OMNI_SAMPLING
-from mcub.models.base import FirstCharacterStop, Model, ModelError, PreparedBatch, Runtime, Stop, refuse_beyond_context
+from mcub.models.base import (
+    FirstCharacterStop,
+    Model,
+    ModelError,
+    PreparedBatch,
+    Runtime,
+    Stop,
+    refuse_beyond_context,
+    scored_from,
+)
 from mcub.models.qwen_omni.arguments import QwenOmniArguments
 from mcub.models.qwen_omni.compat import TransformersCalls
 from mcub.models.qwen_omni.conversation import DEFAULT_SYSTEM_PROMPT, conversation
@@ -250,7 +259,7 @@ class QwenOmniModel(Model):
         ]
         if not rows:
             return [[] for _ in batch.prompts]
-        starts = [_scored_from(contexts[row], ids) for row, ids in rows]
+        starts = [scored_from(contexts[row], ids) for row, ids in rows]
         cut = max(len(contexts[row]) - start for (row, _), start in zip(rows, starts, strict=True))
         tails = []  # (sample row, the tokens after its prompt less `cut`, the first of them scored)
         for (row, ids), start in zip(rows, starts, strict=True):
@@ -258,9 +267,9 @@ class QwenOmniModel(Model):
             tails.append((row, ids[kept:], start - kept))
         first, later = self._tail_logprobs(batch, [(row, tokens) for row, tokens, _ in tails], cut)
         scores: list[list[float]] = [[] for _ in batch.prompts]
-        for index, (row, tokens, scored_from) in enumerate(tails):
+        for index, (row, tokens, start) in enumerate(tails):
             logprobs = [first[row, tokens[0]]] + [later[index, step, token] for step, token in enumerate(tokens[1:])]
-            scores[row].append(float(sum(logprobs[scored_from:])))
+            scores[row].append(float(sum(logprobs[start:])))
         return scores
 
     def _tail_logprobs(self, batch: PreparedBatch, tails: list[tuple[int, list[int]]], cut: int):
@@ -346,13 +355,3 @@ def _eos_token_ids(configured: int | list[int] | None, tokenizer_eos: int | None
     if not ids:
         raise ModelError("qwen-omni: neither the generation config nor the tokenizer names an end-of-sequence token")
     return ids
-
-
-def _scored_from(context: list[int], full: list[int]) -> int:
-    """Where the scored tokens of `full` start: after the tokens it shares with `context`, at least one scored."""
-    shared = 0
-    for a, b in zip(context, full, strict=False):
-        if a != b:
-            break
-        shared += 1
-    return max(1, min(shared, len(full) - 1))
