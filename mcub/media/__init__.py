@@ -48,7 +48,6 @@ def load_media(
     name = preprocessing or preprocessing_names(modality)[0]
     if name not in module.PREPROCESSING:
         raise ValueError(f"unknown {modality} preprocessing {name!r}; known: {', '.join(module.PREPROCESSING)}")
-    check_file(path)
     check_limits(modality, path, limits, getattr(module, "READ_SECONDS", {}).get(name))
     tensors, provenance = module.PREPROCESSING[name](path)
     return MediaInput(
@@ -59,20 +58,22 @@ def load_media(
     )
 
 
-def check_file(path: str) -> None:
-    """Fail with a MediaError unless `path` is a non-empty regular file."""
+def check_file(path: str) -> int:
+    """The size of `path` in bytes; a MediaError unless it is a non-empty regular file (one stat)."""
     import os
+    import stat
 
     try:
-        size = os.stat(path).st_size
+        status = os.stat(path)
     except FileNotFoundError:
         raise MediaError(path, "no such file") from None
     except OSError as error:
         raise MediaError(path, f"cannot be read ({error.strerror})") from None
-    if not os.path.isfile(path):
+    if not stat.S_ISREG(status.st_mode):
         raise MediaError(path, "not a regular file")
-    if size == 0:
+    if status.st_size == 0:
         raise MediaError(path, "empty file (0 bytes)")
+    return status.st_size
 
 
 def consumed(media: MediaInput) -> dict[str, Any]:

@@ -71,10 +71,12 @@ def _number(value: float) -> str:
 def check_limits(
     modality: Modality, path: str, limits: MediaLimits = DEFAULT_LIMITS, read_seconds: float | None = None
 ) -> None:
-    """Refuse a file whose size or header says it is over a limit (a file whose header cannot be read is left to its
-    decoder, which names the problem). `read_seconds`: the audio a preprocessing reads from the start of the file
-    (None: all of it)."""
-    size = Path(path).stat().st_size
+    """Refuse a file that is not a non-empty regular file (`check_file`), or whose size or header says it is over a
+    limit (a file whose header cannot be read is left to its decoder, which names the problem). `read_seconds`: the
+    audio a preprocessing reads from the start of the file (None: all of it)."""
+    from mcub.media import check_file
+
+    size = check_file(path)
     if size > limits.file_bytes:
         raise over_limit(path, f"{_number(size)} bytes", "file_bytes", limits)
     if modality == "image":

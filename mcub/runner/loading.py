@@ -72,8 +72,9 @@ class SampleDataset:
         try:
             for modality, path in sample.media:
                 if self.preprocessing is None:
-                    check_file(path)
-                    if self.limits is not None:
+                    if self.limits is None:
+                        check_file(path)
+                    else:
                         check_limits(modality, path, self.limits)
                     loaded.provenance.append({"path": path, "modality": modality, "decoded": False})
                     continue
