@@ -87,7 +87,9 @@ def test_an_interrupted_run_says_what_it_saved_and_resumes_to_a_whole_run(tmp_pa
 
 def test_a_second_writer_is_refused_naming_the_holder_and_the_run_keeps_every_record(tmp_path):
     run_dir = tmp_path / "runs" / "random" / "shared"
-    first = _slow_eval(tmp_path, "--run-name", "shared", "--num-workers", "0", delay=0.5)
+    first = _slow_eval(
+        tmp_path, "--run-name", "shared", "--num-workers", "0", delay=1.5
+    )  # 6 s left when the second starts
     _wait_for_records(run_dir / "records", 1)
     second = _slow_eval(tmp_path, "--run-name", "shared", "--num-workers", "0", "--resume", delay=0.0)
     _, second_err = second.communicate(timeout=60)
