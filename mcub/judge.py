@@ -1,8 +1,8 @@
 """An LLM judge behind any OpenAI-compatible endpoint (a local server or a hosted API), pinned and audited:
 temperature 0, PointLLM's three judgement formats, retries with backoff, every request and reply returned for the
-records with the prompt's hash, judgements cached by (judge model, prompt hash), many asked at once with bounded
-concurrency. An unreachable judge or an unparseable judgement is reported as such; nothing falls back to another
-judge or to a random class."""
+records with the prompt's hash, judgements cached by (judge model, prompt hash) in entries bound to what they
+answer, many asked at once with bounded concurrency. An unreachable judge or an unparseable judgement is reported as
+such; nothing falls back to another judge or to a random class."""
 
 from __future__ import annotations
 
@@ -11,11 +11,7 @@ import json
 import os
 import re
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +20,8 @@ from typing import Any
 from mcub.schema import JudgeConfig
 
 JUDGEMENTS = ("classification", "caption", "close-set")
+_CLASSIFICATION_REPLY = re.compile(r"^(T|F|true|false)(?![A-Za-z0-9])", re.IGNORECASE)
+"""T or F (or the word true or false) as the reply's first word: "Too many requests" is no verdict."""
 
 
 @dataclass
@@ -70,10 +68,12 @@ def judge_prompt(kind: str, answer: str, reference: str, classes: Mapping[str, s
 
 
 def parse_verdict(kind: str, reply: str, reference: str, classes: Mapping[str, str] | None = None) -> float | None:
-    """The verdict in percent, or None when the reply does not follow the asked format."""
+    """The verdict in percent, or None when the reply does not follow the asked format (classification: T or F,
+    or the word true or false, as its first word)."""
     text = reply.strip()
     if kind == "classification":
-        return {"T": 100.0, "F": 0.0}.get(text[:1])
+        match = _CLASSIFICATION_REPLY.match(text)
+        return (100.0 if match.group(1).upper().startswith("T") else 0.0) if match else None
     if kind == "caption":
         match = re.match(r"^\s*(\d{1,3})\s*#", text)
         return float(match.group(1)) if match and int(match.group(1)) <= 100 else None
@@ -110,12 +110,28 @@ class _Reply:
 
 
 class Judge:
-    """Asks the configured endpoint; see the module docstring. Thread-safe: `judge_all` asks from worker threads."""
+    """Asks the configured endpoint through `mcub.chat_client.ChatClient`: at most `config.concurrency` requests at
+    once, `config.timeout_s` for the whole of each attempt (a reply dripped byte by byte included), replies of at
+    most `config.max_reply_bytes`, no redirect followed (the key goes to the configured origin only), and the key
+    redacted from every reply and error before it is stored. Whatever goes wrong with one prompt (an unreachable
+    judge, a malformed reply, a cache entry that does not match its prompt) is a failed judgement of that prompt's
+    samples, never an aborted run. Thread-safe."""
 
     def __init__(self, config: JudgeConfig):
+        from mcub.chat_client import ChatClient
+
         self.config = config
         self.api_key = Path(config.api_key_file).read_text().strip() if config.api_key_file else None
         self.cache = Path(config.cache_dir) if config.cache_dir else None
+        self.client = ChatClient(
+            [config.base_url],
+            self.api_key or None,
+            config.concurrency,
+            config.timeout_s,
+            config.retries,
+            config.backoff_s,
+            config.max_reply_bytes,
+        )
 
     def judge(self, kind: str, answer: str, reference: str, classes: Mapping[str, str] | None = None) -> Judgement:
         return self.judge_all([JudgeRequest(kind, answer, reference, classes)])[0]
@@ -124,10 +140,12 @@ class Judge:
         """The judgements in request order, at most `config.concurrency` prompts asked at once; identical prompts
         are asked once (each request's verdict is still parsed against its own reference)."""
         prompts = [request.prompt for request in requests]
-        unique = list(dict.fromkeys(prompts))
-        workers = max(1, min(self.config.concurrency, len(unique)))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            replies = dict(zip(unique, pool.map(self._reply, unique), strict=True))
+        replies = {prompt: self._cached(_sha256(prompt)) for prompt in dict.fromkeys(prompts)}
+        missing = [prompt for prompt, reply in replies.items() if reply is None]
+        for prompt, answer in zip(missing, self.client.post_all([self._body(p) for p in missing]), strict=True):
+            replies[prompt] = reply = self._reply(answer)
+            if reply.text is not None:
+                self._store(_sha256(prompt), reply.text)
         return [self._judgement(r, prompt, replies[prompt]) for r, prompt in zip(requests, prompts, strict=True)]
 
     def _judgement(self, request: JudgeRequest, prompt: str, reply: _Reply) -> Judgement:
@@ -140,45 +158,29 @@ class Judge:
             request.kind, self.config.model, digest, prompt, text, verdict, error, reply.attempts, reply.cached
         )
 
-    def _reply(self, prompt: str) -> _Reply:
-        digest = _sha256(prompt)
-        cached = self._cached(digest)
-        if cached is not None:
-            return _Reply(cached, None, 0, True)
-        text, error, attempts = self._ask(prompt)
-        if text is not None:
-            self._store(digest, text)
-        return _Reply(text, error, attempts, False)
-
-    def _ask(self, prompt: str) -> tuple[str | None, str | None, int]:
-        body = json.dumps({
+    def _body(self, prompt: str) -> bytes:
+        return json.dumps({
             "model": self.config.model,
             "messages": [{"role": "user", "content": prompt}],
             "temperature": self.config.temperature,
             "max_tokens": self.config.max_tokens,
         }).encode()  # fmt: skip
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        url = self.config.base_url.rstrip("/") + "/chat/completions"
-        error = "no attempt"
-        for attempt in range(1, self.config.retries + 2):
-            request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
-                    payload = json.loads(response.read())
-                return str(payload["choices"][0]["message"]["content"]), None, attempt
-            except urllib.error.HTTPError as failure:
-                error = f"HTTP {failure.code} from {url}"
-                if failure.code < 500 and failure.code != 429:
-                    return None, error, attempt
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as failure:
-                error = f"judge unreachable at {url} ({failure})"
-            except (KeyError, IndexError, TypeError, json.JSONDecodeError) as failure:
-                return None, f"malformed reply from {url} ({type(failure).__name__}: {failure})", attempt
-            if attempt <= self.config.retries:
-                time.sleep(self.config.backoff_s * 2 ** (attempt - 1))
-        return None, error, self.config.retries + 1
+
+    def _reply(self, answer: Any) -> _Reply:
+        """The judge's text from a chat-completions reply (redacted of the key), or why there is none."""
+        from mcub.chat_client import RequestFailed
+
+        if isinstance(answer, RequestFailed):
+            return _Reply(None, self.client.redacted(str(answer)), answer.attempts, False)
+        try:
+            content = answer.payload["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError) as failure:
+            problem = f"malformed reply from {answer.url} (no choices[0].message.content: {type(failure).__name__})"
+            return _Reply(None, problem, answer.attempts, False)
+        if not isinstance(content, str):
+            problem = f"malformed reply from {answer.url} (message.content is {type(content).__name__}, not text)"
+            return _Reply(None, problem, answer.attempts, False)
+        return _Reply(self.client.redacted(content), None, answer.attempts, False)
 
     def _cache_path(self, digest: str) -> Path | None:
         if self.cache is None:
@@ -186,17 +188,32 @@ class Judge:
         key = hashlib.sha256(f"{self.config.model}\0{self.config.temperature}\0{digest}".encode()).hexdigest()
         return self.cache / f"{key}.json"
 
-    def _cached(self, digest: str) -> str | None:
-        """The cached reply; None when there is none or the entry is damaged (then it is asked again and rewritten)."""
+    def _entry_sha256(self, digest: str, reply: str) -> str:
+        """What a cache entry answers, bound to its reply: an entry moved to another prompt or edited no longer
+        matches."""
+        identity = f"{self.config.model}\0{self.config.temperature}\0{digest}\0{reply}"
+        return hashlib.sha256(identity.encode()).hexdigest()
+
+    def _cached(self, digest: str) -> _Reply | None:
+        """The cached reply; None when there is none; a failed judgement naming the file when the entry is
+        unreadable or does not match the prompt it is filed under (delete it to ask again)."""
         path = self._cache_path(digest)
         if path is None or not path.is_file():
             return None
         try:
-            entry = json.loads(path.read_text())
-        except ValueError:
-            return None
+            entry = json.loads(path.read_bytes())
+        except (OSError, ValueError) as error:
+            return _Reply(None, f"judge cache entry {path} is unreadable ({error}); delete it to ask again", 0, True)
         reply = entry.get("reply") if isinstance(entry, dict) else None
-        return reply if isinstance(reply, str) else None
+        expected = {"model": self.config.model, "prompt_sha256": digest}
+        if (
+            not isinstance(reply, str)
+            or any(entry.get(name) != value for name, value in expected.items())
+            or entry.get("entry_sha256") != self._entry_sha256(digest, reply)
+        ):
+            problem = f"judge cache entry {path} does not match the prompt it is filed under; delete it to ask again"
+            return _Reply(None, problem, 0, True)
+        return _Reply(reply, None, 0, True)
 
     def _store(self, digest: str, reply: str) -> None:
         """Write the entry to a temporary file and rename it, so no reader or concurrent writer sees half of it."""
@@ -204,10 +221,16 @@ class Judge:
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
+        entry = {
+            "model": self.config.model,
+            "prompt_sha256": digest,
+            "reply": reply,
+            "entry_sha256": self._entry_sha256(digest, reply),
+        }
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
         try:
             with os.fdopen(handle, "w") as file:
-                json.dump({"model": self.config.model, "prompt_sha256": digest, "reply": reply}, file)
+                json.dump(entry, file)
             os.replace(temporary, path)
         except BaseException:
             os.unlink(temporary)

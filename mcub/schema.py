@@ -81,6 +81,9 @@ class JudgeConfig(_Frozen):
     retries: int = 3
     backoff_s: float = 1.0
     timeout_s: float = 60.0
+    """The whole of one attempt (connecting, asking, reading the reply), however slowly the reply arrives."""
+    max_reply_bytes: int = Field(default=1 << 16, ge=1024)
+    """The largest reply read; a longer one is a failed judgement (a judgement of 256 tokens takes about 2 KB)."""
     cache_dir: str | None = None
     concurrency: int = Field(default=8, ge=1)
     """Judgements asked at once (a run's judging happens after generation, never inside the batch loop)."""

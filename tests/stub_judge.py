@@ -1,5 +1,5 @@
 """A stub OpenAI-compatible judge on loopback for tests and benchmarks: replies by keyword, optionally slowly,
-and counts the most requests it served at once."""
+counts the most requests it served at once, and misbehaves on request as a hostile or broken judge would."""
 
 from __future__ import annotations
 
@@ -16,7 +16,14 @@ KEYWORD_REPLIES: tuple[tuple[str, str | bytes], ...] = (
     ("MALFORMED", "Probably similar?"),
     ("CLASS8", "1#chair#four legs and a back"),
     ("BROKEN", b"{not json"),
+    ("BADUTF8", b'{"choices": [{"message": {"content": "T\xff\xfe"}}]}'),
+    ("NULLCONTENT", b'{"choices": [{"message": {"content": null}}]}'),
+    ("BUSY", "Too many requests, try again later"),
+    ("HUGE", "T" + "!" * (20 << 20)),
 )
+HOSTILE = ("REDIRECT", "ECHOAUTH", "DRIP", "TRUNCATED")
+"""Keywords answered by misbehaving: a 307 to `redirect_to`, the Authorization header echoed in the reply, a reply
+dripped a byte every 0.2 s, a body shorter than its Content-Length."""
 
 
 class _Server(ThreadingHTTPServer):
@@ -29,7 +36,8 @@ class StubJudge:
     fails twice with HTTP 500, `DOWN` always does. Each request waits `delay_s` first; `most_in_flight` is the
     most requests that were being served at once."""
 
-    def __init__(self, default_reply: str | None = None, delay_s: float = 0.0):
+    def __init__(self, default_reply: str | None = None, delay_s: float = 0.0, redirect_to: str | None = None):
+        self.redirect_to = redirect_to
         self.requests: list[dict[str, Any]] = []
         self.failures: dict[str, int] = {}
         self.default_reply = default_reply
@@ -46,6 +54,10 @@ class StubJudge:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 status, reply = stub.serve(body, self.headers.get("Authorization"))
+                hostile = next((word for word in HOSTILE if word in body["messages"][0]["content"]), None)
+                if hostile:
+                    stub.misbehave(self, hostile)
+                    return
                 if status != 200:
                     self.send_response(status)
                     self.end_headers()
@@ -89,6 +101,29 @@ class StubJudge:
             if keyword in prompt:
                 return 200, reply
         return (200, self.default_reply) if self.default_reply else (404, None)
+
+    def misbehave(self, handler: BaseHTTPRequestHandler, how: str) -> None:
+        if how == "REDIRECT":
+            handler.send_response(307)
+            handler.send_header("Location", f"{self.redirect_to}/chat/completions")
+            handler.end_headers()
+            return
+        content = f"T, and your key is {handler.headers.get('Authorization')}" if how == "ECHOAUTH" else "T"
+        payload = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(payload) + (100 if how == "TRUNCATED" else 0)))
+        handler.end_headers()
+        if how != "DRIP":
+            handler.wfile.write(payload)
+            return
+        try:
+            for byte in payload:
+                handler.wfile.write(bytes([byte]))
+                handler.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            return  # the client gave up, as it should
 
     def close(self) -> None:
         self.server.shutdown()

@@ -23,7 +23,8 @@ def stub():
 
 
 def _judge(stub, **extra):
-    return Judge(JudgeConfig(model="judge-7b", base_url=stub.url, retries=3, backoff_s=0.01, timeout_s=5, **extra))
+    settings = {"retries": 3, "backoff_s": 0.01, "timeout_s": 5, **extra}
+    return Judge(JudgeConfig(model="judge-7b", base_url=stub.url, **settings))
 
 
 def test_the_three_pointllm_formats(stub):
@@ -57,12 +58,12 @@ def test_unparseable_failing_and_unreachable_judges_are_reported(stub):
     down = judge.judge("classification", "DOWN", "a chair")
     assert down.verdict is None and down.reply is None and down.attempts == 4 and down.error.startswith("HTTP 500")
     broken = judge.judge("caption", "BROKEN", "a chair")
-    assert broken.verdict is None and broken.error.startswith("malformed reply")
+    assert broken.verdict is None and broken.error.startswith("malformed JSON")
     closed_port = Judge(
         JudgeConfig(model="m", base_url="http://127.0.0.1:9/v1", retries=1, backoff_s=0.01, timeout_s=2)
     )
     unreachable = closed_port.judge("classification", "YES", "a chair")
-    assert unreachable.verdict is None and "judge unreachable" in unreachable.error
+    assert unreachable.verdict is None and "unreachable" in unreachable.error
 
 
 def test_judgements_are_cached_and_the_key_file_is_sent(stub, tmp_path):
@@ -132,15 +133,80 @@ def test_concurrent_judging_beats_serial_judging(slow_stub):
 
 
 @pytest.mark.parametrize("damage", [b'{"reply": "85#half', b'{"reply": null}', b'["85#a list"]', b"", b"\xff\xfe"])
-def test_a_damaged_cache_entry_is_asked_again_and_rewritten(stub, tmp_path, damage):
+def test_a_damaged_cache_entry_is_a_failed_judgement_naming_the_file(stub, tmp_path, damage):
     cache = tmp_path / "cache"
-    first = _judge(stub, cache_dir=str(cache)).judge("caption", "SCORE a red chair", "a red chair")
+    _judge(stub, cache_dir=str(cache)).judge("caption", "SCORE a red chair", "a red chair")
     (entry,) = cache.iterdir()
     entry.write_bytes(damage)
     again = _judge(stub, cache_dir=str(cache)).judge("caption", "SCORE a red chair", "a red chair")
-    assert (again.cached, again.attempts, again.verdict, again.error) == (False, 1, 85.0, None)
-    assert len(stub.requests) == 2 and list(cache.iterdir()) == [entry]
-    assert json.loads(entry.read_text())["reply"] == first.reply
+    assert (again.cached, again.attempts, again.verdict, again.reply) == (True, 0, None, None)
+    assert str(entry) in again.error and "delete it to ask again" in again.error
+    assert len(stub.requests) == 1 and entry.read_bytes() == damage
+
+
+def test_a_cache_entry_edited_or_moved_to_another_prompt_is_refused(stub, tmp_path):
+    cache = tmp_path / "cache"
+    judge = _judge(stub, cache_dir=str(cache))
+    judge.judge("caption", "SCORE a red chair", "a red chair")
+    judge.judge("classification", "NO a lamp", "a chair")
+    entries = {json.loads(path.read_text())["reply"]: path for path in cache.iterdir()}
+    caption, classification = entries["85#type and parts match"], entries["F, a different object"]
+    edited = json.loads(caption.read_text()) | {"reply": "100#perfect"}
+    caption.write_text(json.dumps(edited))
+    classification.write_bytes(caption.read_bytes().replace(b"100#perfect", b"T, perfect"))
+    for kind, answer in (("caption", "SCORE a red chair"), ("classification", "NO a lamp")):
+        reference = "a red chair" if kind == "caption" else "a chair"
+        refused = _judge(stub, cache_dir=str(cache)).judge(kind, answer, reference)
+        assert refused.verdict is None and "does not match the prompt it is filed under" in refused.error
+    assert len(stub.requests) == 2
+
+
+def test_redirects_are_refused_and_the_key_goes_to_the_configured_origin_only(tmp_path):
+    key = tmp_path / "key"
+    key.write_text("secret-token\n")
+    other = StubJudge(default_reply="T#the other origin judged")
+    stub = StubJudge(redirect_to=other.url)
+    try:
+        judgement = _judge(stub, api_key_file=str(key)).judge("classification", "REDIRECT", "a chair")
+        assert judgement.verdict is None and "HTTP 307" in judgement.error and "not followed" in judgement.error
+        assert other.requests == [] and stub.requests[0]["authorization"] == "Bearer secret-token"
+    finally:
+        other.close()
+        stub.close()
+
+
+def test_a_reply_echoing_the_key_is_stored_redacted(stub, tmp_path):
+    key = tmp_path / "key"
+    key.write_text("secret-token\n")
+    cache = tmp_path / "cache"
+    judgement = _judge(stub, api_key_file=str(key), cache_dir=str(cache)).judge("classification", "ECHOAUTH", "x")
+    assert judgement.verdict == 100.0 and judgement.reply == "T, and your key is Bearer [api key]"
+    assert "secret-token" not in json.dumps(judgement.record())
+    assert all("secret-token" not in entry.read_text() for entry in cache.iterdir())
+
+
+def test_a_dripped_reply_meets_the_overall_deadline(stub):
+    start = time.perf_counter()
+    judgement = _judge(stub, retries=0, timeout_s=1).judge("classification", "DRIP", "a chair")
+    assert time.perf_counter() - start < 2.5
+    assert judgement.verdict is None and "no complete reply" in judgement.error and "within 1 s" in judgement.error
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        ("BADUTF8", "malformed JSON"),
+        ("TRUNCATED", "unreachable"),
+        ("NULLCONTENT", "message.content is NoneType, not text"),
+        ("HUGE", "larger than 65536 bytes"),
+        ("BUSY", "unparseable judgement for the classification format"),
+    ],
+)
+def test_a_broken_reply_is_a_failed_judgement_of_its_sample_only(stub, answer, error):
+    requests = [JudgeRequest("classification", answer, "a chair"), JudgeRequest("classification", "YES", "a chair")]
+    broken, fine = _judge(stub, retries=0).judge_all(requests)
+    assert broken.verdict is None and error in broken.error and fine.verdict == 100.0
+    assert broken.reply is None or len(broken.reply) < 100
 
 
 def test_concurrent_writers_leave_whole_cache_entries(stub, tmp_path):

@@ -318,6 +318,96 @@ def test_a_damaged_feature_cache_entry_is_reported_and_recomputed(tmp_path):
     assert cache.load("video", "y.png", "ab" * 32, "clip-336-pad") is None
 
 
+def _tampered_entry(tmp_path, how):
+    """A feature cache with one image entry for content "ab"*32, then damaged as `how` says."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from mcub.media import MediaInput
+    from mcub.models.feature_cache import FeatureCache
+
+    cache = FeatureCache(tmp_path, {"image": "weights"})
+    for digest in ("ab" * 32, "cd" * 32):
+        provenance = {"path": f"{digest[:2]}.png", "sha256": digest, "preprocessing": "clip-336-pad"}
+        cache.store(MediaInput("image", provenance["path"], {}, provenance), torch.full((2, 3), float(len(digest))))
+    entry = cache._path(cache.key("image", "ab" * 32, "clip-336-pad"))
+    other = cache._path(cache.key("image", "cd" * 32, "clip-336-pad"))
+    with safe_open(str(entry), framework="pt") as handle:
+        metadata, features = handle.metadata(), handle.get_tensor("features")
+    if how == "swapped":
+        entry.write_bytes(other.read_bytes())
+        return cache
+    replaced = {
+        "values": features + 1,
+        "nan": features.masked_fill(torch.eye(2, 3, dtype=torch.bool), float("nan")),
+        "shape": features[:1],
+        "dtype": features.double(),
+    }[how]
+    save_file({"features": replaced}, str(entry), metadata=metadata)
+    return cache
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [
+        ("values", "features_sha256 differ"),
+        ("nan", "features_sha256 differ"),
+        ("shape", "shape, features_sha256 differ"),
+        ("dtype", "dtype, features_sha256 differ"),
+        ("swapped", "filed under another key"),
+    ],
+)
+def test_a_tampered_feature_cache_entry_is_reported_and_never_used(tmp_path, how, reason):
+    cache = _tampered_entry(tmp_path, how)
+    with pytest.warns(UserWarning, match=f"feature cache entry for x.png .*{reason}.*; encoding again"):
+        assert cache.load("image", "x.png", "ab" * 32, "clip-336-pad") is None
+    kept = cache.load("image", "y.png", "cd" * 32, "clip-336-pad")
+    assert torch.equal(kept.tensors["features"], torch.full((2, 3), 64.0))
+
+
+def test_non_finite_features_are_not_cached(tmp_path):
+    from mcub.media import MediaInput
+    from mcub.models.feature_cache import FeatureCache
+
+    cache = FeatureCache(tmp_path, {"image": "weights"})
+    media = MediaInput("image", "x.png", {}, {"path": "x.png", "sha256": "ab" * 32, "preprocessing": "clip-336-pad"})
+    with pytest.warns(UserWarning, match="x.png: non-finite encoder features are not kept"):
+        cache.store(media, torch.tensor([[1.0, float("inf")]]))
+    assert list(tmp_path.rglob("*.safetensors")) == []
+
+
+def _damaged_expert(tiny, tmp_path, damage):
+    """A copy of the tiny image expert whose first LoRA A factor `damage` rewrites; returns (directory, key)."""
+    import shutil
+
+    directory = tmp_path / "image-expert"
+    shutil.copytree(tiny["experts"]["image"], directory)
+    tensors = torch.load(directory / "adapter_model.bin", weights_only=True)
+    key = sorted(k for k in tensors if ".lora_A." in k)[0]
+    tensors[key] = damage(tensors[key])
+    torch.save(tensors, directory / "adapter_model.bin")
+    return directory, key
+
+
+def test_a_checkpoint_with_nan_or_integer_weights_is_refused_with_the_key(tiny, tmp_path):
+    from mcub.errors import CheckpointError
+
+    def nan(tensor):
+        return tensor.masked_fill(torch.zeros_like(tensor, dtype=torch.bool).index_fill(1, torch.tensor([0]), True),
+                                  float("nan"))  # fmt: skip
+
+    directory, key = _damaged_expert(tiny, tmp_path / "nan", nan)
+    with pytest.raises(CheckpointError, match=rf"1 tensor\(s\) hold NaN or infinite values: {re.escape(key)}; .*"
+                                              "allow_nonfinite_weights=true"):  # fmt: skip
+        _model(tiny, experts={"image": str(directory)})
+    with pytest.warns(UserWarning, match=f"{re.escape(key)}; loaded as allow_nonfinite_weights asks"):
+        loaded = _model(tiny, experts={"image": str(directory)}, allow_nonfinite_weights=True)
+    assert list(loaded.composition.modalities) == ["image"]
+    integers, key = _damaged_expert(tiny, tmp_path / "int", lambda tensor: (tensor * 100).to(torch.int64))
+    with pytest.raises(CheckpointError, match=rf"non-floating dtype .*: {re.escape(key)} \(int64\)"):
+        _model(tiny, experts={"image": str(integers)}, allow_nonfinite_weights=True)
+
+
 def test_an_input_longer_than_the_llm_context_is_refused_by_sample_id(tiny):
     from mcub.errors import UnsupportedInput
 

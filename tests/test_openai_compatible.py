@@ -14,13 +14,13 @@ from conftest import answer, question, write_json
 from stub_openai_server import StubOpenAIServer, token_logprob
 
 import mcub
+from mcub.chat_client import ChatClient, RequestFailed
 from mcub.errors import RunError
 from mcub.eval import main as eval_main
 from mcub.hashing import file_sha256
 from mcub.media import synthetic
 from mcub.models.base import ModelError, Runtime, load_model_specs, validate_arguments
 from mcub.models.openai_compatible.arguments import LOGLIK_REFUSAL, OpenAICompatibleArguments
-from mcub.models.openai_compatible.client import ChatClient, RequestFailed
 from mcub.models.openai_compatible.model import OpenAICompatibleModel
 from mcub.results import RunFiles
 from mcub.schema import Sample

@@ -50,32 +50,78 @@ class FeatureCache:
 
     def load(self, modality: Modality, path: str, sha256: str, preprocessing: str) -> MediaInput | None:
         """The cached features of a media file as a MediaInput (`tensors[FEATURES]`, provenance as decoded, with
-        `features: cache`), or None when this modality is not cached or the file has no readable entry (a damaged
-        entry is reported, then recomputed and rewritten)."""
+        `features: cache`), or None when this modality is not cached or the file has no entry. An entry that is
+        unreadable or fails `entry_problem` is reported, then recomputed and rewritten: never used."""
         from safetensors import safe_open
 
         if modality not in self.fingerprints:
             return None
-        entry = self._path(self.key(modality, sha256, preprocessing))
+        key = self.key(modality, sha256, preprocessing)
+        entry = self._path(key)
         if not entry.is_file():
             return None
         try:
             with safe_open(str(entry), framework="pt") as handle:
-                provenance = json.loads(handle.metadata()["provenance"])
+                metadata = handle.metadata() or {}
+                provenance = json.loads(metadata["provenance"])
                 features = handle.get_tensor(FEATURES)
         except Exception as error:  # noqa: BLE001 - any damage: the entry is derived data, recomputed and rewritten
             warnings.warn(f"{entry}: unreadable feature cache entry for {path} ({error}); encoding again", stacklevel=2)
             return None
+        problem = entry_problem(metadata, provenance, features, key, sha256, preprocessing)
+        if problem:
+            warnings.warn(f"{entry}: feature cache entry for {path} {problem}; encoding again", stacklevel=2)
+            return None
         return MediaInput(modality, path, {FEATURES: features}, {**provenance, "path": path, "features": "cache"})
 
     def store(self, media: MediaInput, features: Tensor) -> None:
-        """Keep the encoder features of a decoded media file, with its decoding provenance."""
+        """Keep the encoder features of a decoded media file, with its decoding provenance and what `load` checks;
+        features that are not all finite are not kept (a warning says so)."""
+        import torch
         from safetensors.torch import save_file
 
         key = self.key(media.modality, media.provenance["sha256"], media.provenance["preprocessing"])
+        features = features.detach().to("cpu").contiguous()
+        if not bool(torch.isfinite(features).all()):
+            warnings.warn(f"{media.path}: non-finite encoder features are not kept in the feature cache", stacklevel=2)
+            return
         entry = self._path(key)
         entry.parent.mkdir(parents=True, exist_ok=True)
         partial = entry.with_suffix(".partial")
-        metadata = {"provenance": json.dumps(media.provenance, sort_keys=True)}
-        save_file({FEATURES: features.detach().to("cpu").contiguous()}, str(partial), metadata=metadata)
+        metadata = {"provenance": json.dumps(media.provenance, sort_keys=True), "key": key, **_description(features)}
+        save_file({FEATURES: features}, str(partial), metadata=metadata)
         partial.replace(entry)
+
+
+def entry_problem(
+    metadata: dict[str, str], provenance: dict, features: Tensor, key: str, sha256: str, preprocessing: str
+) -> str | None:
+    """Why a cache entry may not stand for the media file it was looked up for, or None: it must be filed under its
+    own key, describe the same file content and preprocessing, and hold the features it describes (shape, dtype and
+    a content hash), all finite."""
+    import torch
+
+    if metadata.get("key") != key:
+        return "is filed under another key (a moved or swapped file)"
+    if provenance.get("sha256") != sha256 or provenance.get("preprocessing") != preprocessing:
+        return "describes another media content or preprocessing"
+    stored = {name: metadata.get(name) for name in ("shape", "dtype", "features_sha256")}
+    actual = _description(features)
+    if stored != actual:
+        changed = ", ".join(name for name in stored if stored[name] != actual[name])
+        return f"holds features whose {changed} differ from the entry's record"
+    if not bool(torch.isfinite(features).all()):
+        return "holds non-finite features"
+    return None
+
+
+def _description(features: Tensor) -> dict[str, str]:
+    """Shape, dtype and SHA-256 of the bytes of a contiguous CPU tensor, as safetensors metadata strings."""
+    import torch
+
+    data = features.reshape(-1).view(torch.uint8).numpy()
+    return {
+        "shape": json.dumps(list(features.shape)),
+        "dtype": str(features.dtype).removeprefix("torch."),
+        "features_sha256": hashlib.sha256(data).hexdigest(),
+    }

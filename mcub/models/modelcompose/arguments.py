@@ -21,7 +21,8 @@ class ModelComposeArguments(AdapterArguments):
     is checked against its config.json). `encoders` places the encoders by modality (only those of the model's
     modalities are used; the others fall back on the checkpoints' config.json); `point_encoder` holds Point-BERT
     config fields when its weights are not the released size; `feature_cache` is a directory where encoder
-    features are kept between runs."""
+    features are kept between runs; `allow_nonfinite_weights` loads checkpoints holding NaN or infinities (for
+    debugging: refused otherwise)."""
 
     builder: ClassVar[str] = "mcub.models.modelcompose.model:ModelComposeModel"
     cuda_dtype: ClassVar[str] = "float16"  # as the authors ran every ModelCompose model
@@ -35,6 +36,7 @@ class ModelComposeArguments(AdapterArguments):
     encoders: dict[Modality, str] = {}
     point_encoder: dict[str, int] | None = None
     feature_cache: str | None = None
+    allow_nonfinite_weights: bool = False
 
     @model_validator(mode="after")
     def _one_form(self) -> ModelComposeArguments:

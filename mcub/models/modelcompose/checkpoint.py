@@ -2,11 +2,14 @@
 
 Every tensor must land somewhere: LoRA factors, a modality projector or a local (prefix/suffix) token block.
 Tensors the authors' forward never reads (the `default` local tokens, and the `default-<m>` local tokens a merge
-writes) are kept aside and reported, and anything else is an error that lists the keys."""
+writes) are kept aside and reported, and anything else is an error that lists the keys. Every tensor must be of a
+floating dtype and finite: an int tensor or a NaN is refused with its key (`allow_nonfinite` loads NaN and
+infinities anyway, with a warning, for debugging)."""
 
 from __future__ import annotations
 
 import re
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,14 +95,16 @@ class Checkpoint:
         return int(own if own is not None else self.config.get(f"local_{side}_tokens") or 0)
 
 
-def read_checkpoint(directory: Path | str) -> Checkpoint:
-    """Read and sort a checkpoint directory; fail on missing files, unknown keys or inconsistent LoRA."""
+def read_checkpoint(directory: Path | str, allow_nonfinite: bool = False) -> Checkpoint:
+    """Read and sort a checkpoint directory; fail on missing files, unknown keys, inconsistent LoRA, non-floating
+    tensors, and (unless `allow_nonfinite`) non-finite values."""
     directory = Path(directory)
     config = read_json_object(directory / "config.json", "is this a ModelCompose checkpoint directory?")
     weights_file = next((directory / name for name in WEIGHT_FILES if (directory / name).is_file()), None)
     if weights_file is None:
         raise CheckpointError(f"{directory}: none of {', '.join(WEIGHT_FILES)} found")
     tensors = read_state_dict(weights_file)
+    _check_values(weights_file, tensors, allow_nonfinite)
     modalities = tuple(m for m in ENCODER_FIELDS if any(config.get(f) for f in ENCODER_FIELDS[m]))
     lora, projectors, prefix, suffix, unused, unknown = _sort_keys(tensors)
     if unknown:
@@ -109,6 +114,30 @@ def read_checkpoint(directory: Path | str) -> Checkpoint:
     )
     _check_lora(checkpoint)
     return checkpoint
+
+
+def _check_values(weights_file: Path, tensors: dict[str, Tensor], allow_nonfinite: bool) -> None:
+    """Every tensor of a floating dtype; every value finite, or a warning when `allow_nonfinite`."""
+    import torch
+
+    def listing(keys: list[str]) -> str:
+        return ", ".join(keys[:10]) + (f" and {len(keys) - 10} more" if len(keys) > 10 else "")
+
+    wrong = [
+        f"{key} ({str(t.dtype).removeprefix('torch.')})" for key, t in tensors.items() if not t.is_floating_point()
+    ]
+    if wrong:
+        raise CheckpointError(
+            f"{weights_file}: {len(wrong)} tensor(s) of a non-floating dtype (LoRA factors, projectors and local "
+            f"tokens are float16, bfloat16 or float32): {listing(wrong)}"
+        )
+    nonfinite = [key for key, tensor in tensors.items() if not bool(torch.isfinite(tensor).all())]
+    if not nonfinite:
+        return
+    message = f"{weights_file}: {len(nonfinite)} tensor(s) hold NaN or infinite values: {listing(nonfinite)}"
+    if not allow_nonfinite:
+        raise CheckpointError(f"{message}; --model-arg allow_nonfinite_weights=true loads them anyway (for debugging)")
+    warnings.warn(f"{message}; loaded as allow_nonfinite_weights asks", stacklevel=3)
 
 
 def _sort_keys(tensors: dict[str, Tensor]):

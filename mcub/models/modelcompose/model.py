@@ -58,10 +58,11 @@ class ModelComposeModel(Model):
         wanted += [Component(f"{m} encoder", ref, f"encoders.{m}") for m, ref in encoders.items()]
         paths = resolve_components(wanted, runtime.offline)
         if arguments.experts is not None:
-            checkpoints = {m: read_checkpoint(paths[f"{m} expert"]) for m in arguments.experts}
+            allow = arguments.allow_nonfinite_weights
+            checkpoints = {m: read_checkpoint(paths[f"{m} expert"], allow) for m in arguments.experts}
             self.composition = compose_experts(checkpoints, arguments.coefficients(), arguments.kind)
         else:
-            merged = read_checkpoint(paths["merged checkpoint"])
+            merged = read_checkpoint(paths["merged checkpoint"], arguments.allow_nonfinite_weights)
             _check_stated_modalities(merged, arguments.input_modalities())
             self.composition = compose_merged(merged)
         unplaced = [

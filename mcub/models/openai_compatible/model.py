@@ -5,14 +5,16 @@ the bytes sent of every media input, the request's sha256, the replica that answ
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
+from mcub.chat_client import ChatClient, Reply, RequestFailed
 from mcub.media import MediaInput
-from mcub.models.base import Model, PreparedBatch, Runtime
+from mcub.models.base import Model, ModelError, PreparedBatch, Runtime
 from mcub.models.openai_compatible.arguments import OpenAICompatibleArguments
-from mcub.models.openai_compatible.client import ChatClient, Reply, RequestFailed, read_api_key
 from mcub.models.openai_compatible.payload import (
     EncodedMedia,
     body_bytes,
@@ -179,3 +181,21 @@ def _outcome(
         for body, reply in zip(bodies, replies, strict=True)
     ]  # fmt: skip
     return _Answer(value, requests)
+
+
+def read_api_key(api_key_file: str | None, api_key_env: str | None) -> str | None:
+    """The bearer token from a file or from the environment variable named; None when neither is given."""
+    if api_key_file is not None:
+        try:
+            key = Path(api_key_file).read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise ModelError(f"api_key_file {api_key_file}: cannot be read ({error.strerror})") from None
+        if not key:
+            raise ModelError(f"api_key_file {api_key_file}: the file is empty")
+        return key
+    if api_key_env is not None:
+        key = os.environ.get(api_key_env, "").strip()
+        if not key:
+            raise ModelError(f"api_key_env: the environment variable {api_key_env} is not set or empty")
+        return key
+    return None

@@ -1,4 +1,5 @@
-"""An asyncio HTTP client for chat-completions requests: bounded concurrency, an overall deadline per attempt,
+"""An asyncio HTTP client for OpenAI-compatible chat-completions requests (the openai-compatible adapter's and the
+LLM judge's): bounded concurrency, an overall deadline per attempt,
 bounded replies, retries with exponential backoff on 429, 5xx, timeouts and connection errors, replicas served
 round-robin, no redirects followed. The bearer token goes only to the configured base URLs and never into a
 message."""
@@ -8,15 +9,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 from mcub.errors import McubError
-from mcub.models.base import ModelError
 
 MAX_REPLY_BYTES = 64 << 20
 """The largest reply read (prompt log-probabilities of a long multimodal prompt take a few MB)."""
@@ -25,7 +23,12 @@ T = TypeVar("T")
 
 
 class RequestFailed(McubError):
-    """A request that failed for good (after its retries, or at once where retrying cannot help)."""
+    """A request that failed for good (after its retries, or at once where retrying cannot help), after `attempts`
+    attempts."""
+
+    def __init__(self, message: str, attempts: int = 1):
+        super().__init__(message)
+        self.attempts = attempts
 
 
 class _Transient(Exception):
@@ -39,24 +42,6 @@ class Reply:
     payload: Any
     url: str
     attempts: int
-
-
-def read_api_key(api_key_file: str | None, api_key_env: str | None) -> str | None:
-    """The bearer token from a file or from the environment variable named; None when neither is given."""
-    if api_key_file is not None:
-        try:
-            key = Path(api_key_file).read_text(encoding="utf-8").strip()
-        except OSError as error:
-            raise ModelError(f"api_key_file {api_key_file}: cannot be read ({error.strerror})") from None
-        if not key:
-            raise ModelError(f"api_key_file {api_key_file}: the file is empty")
-        return key
-    if api_key_env is not None:
-        key = os.environ.get(api_key_env, "").strip()
-        if not key:
-            raise ModelError(f"api_key_env: the environment variable {api_key_env} is not set or empty")
-        return key
-    return None
 
 
 class ChatClient:
@@ -111,10 +96,11 @@ class ChatClient:
                 except _Transient as error:
                     problem = str(error)
                 except RequestFailed as error:
+                    error.attempts = attempt
                     return error
                 if attempt < attempts:
                     await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
-        return RequestFailed(f"{problem} after {attempts} attempt{'s' if attempts > 1 else ''}")
+        return RequestFailed(f"{problem} after {attempts} attempt{'s' if attempts > 1 else ''}", attempts)
 
     async def _attempt(self, session, url: str, body: bytes) -> Any:
         import aiohttp
@@ -128,14 +114,14 @@ class ChatClient:
                 if status == 429 or status >= 500:
                     raise _Transient(f"HTTP {status} from {url}")
                 if 300 <= status < 400:
-                    location = self._redacted(response.headers.get("Location", "nowhere"))
+                    location = self.redacted(response.headers.get("Location", "nowhere"))
                     raise RequestFailed(f"HTTP {status} from {url} (to {location}): redirects are not followed")
                 if not 200 <= status < 300:
                     snippet = (await response.content.read(_ERROR_SNIPPET_BYTES)).decode(errors="replace")
-                    raise RequestFailed(f"HTTP {status} from {url}: {self._redacted(snippet.strip())}")
+                    raise RequestFailed(f"HTTP {status} from {url}: {self.redacted(snippet.strip())}")
                 data = await self._read(response, url)
         except aiohttp.ClientError as error:
-            raise _Transient(f"{url} unreachable ({type(error).__name__}: {self._redacted(str(error))})") from None
+            raise _Transient(f"{url} unreachable ({type(error).__name__}: {self.redacted(str(error))})") from None
         try:
             return json.loads(data)
         except ValueError as error:
@@ -154,7 +140,8 @@ class ChatClient:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _redacted(self, text: str) -> str:
+    def redacted(self, text: str) -> str:
+        """`text` with the bearer token replaced, for anything a server's reply puts into records or messages."""
         return text.replace(self._key, "[api key]") if self._key else text
 
 
