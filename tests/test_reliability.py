@@ -17,13 +17,19 @@ import pytest
 from mcub.results import RecordLog, read_summary, write_atomically
 from mcub.run_lock import LOCK_FILE, RunLock, RunLocked
 
-# An `mcub eval` of the random model whose every batch takes DELAY seconds (so that it can be stopped half-way).
+# An `mcub eval` of the random model whose every batch takes DELAY seconds (so that it can be stopped half-way),
+# and whose batches after the first wait until the file GATE exists, when one is named (however loaded the machine).
 SLOW_EVAL = """
-import sys, time
+import os, sys, time
 from mcub.models.baselines import RandomModel
 answer = RandomModel.generate
+batches = []
 def slow(self, batch, max_new_tokens, stop="eos"):
     time.sleep({delay})
+    batches.append(batch)
+    deadline = time.monotonic() + 300
+    while {gate!r} and len(batches) > 1 and not os.path.exists({gate!r}) and time.monotonic() < deadline:
+        time.sleep(0.05)
     return answer(self, batch, max_new_tokens, stop)
 RandomModel.generate = slow
 from mcub.__main__ import main
@@ -31,9 +37,9 @@ sys.exit(main(["eval", *sys.argv[1:]]))
 """
 
 
-def _slow_eval(tmp_path: Path, *args: str, delay: float = 1.0) -> subprocess.Popen:
-    script = tmp_path / "slow_eval.py"
-    script.write_text(SLOW_EVAL.format(delay=delay))
+def _slow_eval(tmp_path: Path, *args: str, delay: float = 1.0, gate: Path | None = None) -> subprocess.Popen:
+    script = tmp_path / f"slow_eval_{len(list(tmp_path.glob('slow_eval_*.py')))}.py"
+    script.write_text(SLOW_EVAL.format(delay=delay, gate=str(gate) if gate else None))
     common = ["--model", "random", "--tasks", "mcub-sample", "--output-dir", str(tmp_path / "runs"), "--no-progress"]
     return subprocess.Popen(
         [sys.executable, str(script), *common, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -87,13 +93,13 @@ def test_an_interrupted_run_says_what_it_saved_and_resumes_to_a_whole_run(tmp_pa
 
 def test_a_second_writer_is_refused_naming_the_holder_and_the_run_keeps_every_record(tmp_path):
     run_dir = tmp_path / "runs" / "random" / "shared"
-    first = _slow_eval(
-        tmp_path, "--run-name", "shared", "--num-workers", "0", delay=1.5
-    )  # 6 s left when the second starts
-    _wait_for_records(run_dir / "records", 1)
+    gate = tmp_path / "let-the-first-writer-finish"
+    first = _slow_eval(tmp_path, "--run-name", "shared", "--num-workers", "0", delay=0.0, gate=gate)
+    _wait_for_records(run_dir / "records", 1)  # the first writer now waits for the gate, holding the run
     second = _slow_eval(tmp_path, "--run-name", "shared", "--num-workers", "0", "--resume", delay=0.0)
-    _, second_err = second.communicate(timeout=60)
-    _, first_err = first.communicate(timeout=60)
+    _, second_err = second.communicate(timeout=120)
+    gate.touch()
+    _, first_err = first.communicate(timeout=120)
     assert second.returncode == 2
     assert re.fullmatch(
         rf"error: {re.escape(str(run_dir))}: in use by pid {first.pid} on host \S+ \(since [\d-]+ [\d:]+\); wait "
