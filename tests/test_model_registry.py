@@ -106,7 +106,17 @@ def test_a_broken_model_file_is_an_error_naming_it(tmp_path, text, message):
         ("damc-vision", {"encoders": {"smell": "/x"}}, "encoders.smell: Input should be 'image'"),
         ("damc-vision", {"lambdas": {"image": "high"}}, "lambdas.image: Input should be a valid number"),
         ("damc-va", {"lambdas": {"image": 0.5}}, "no lambda for the video, audio expert(s); a lambda for image"),
-        ("damc-vision", {"composition": "ties"}, "composition: Input should be 'damc' or 'naivemc'"),
+        (
+            "damc-vision",
+            {"composition": "median"},
+            "unknown composition 'median'; one of damc, naivemc, task-arithmetic",
+        ),
+        (
+            "damc-vision",
+            {"composition": "tsv", "lambdas": {"image": 1.0}},
+            "tsv does not weigh the experts by `lambdas`",
+        ),
+        ("damc-vision", {"composition": "dare", "dare": {"p": 1}}, "composition dare: p: Input should be less than 1"),
         ("damc-vision", {"merged": "/m"}, "takes either `experts` (composed at load time) or `merged`"),
         ("damc-vision", {"experts": None, "merged": "/m"}, "a `merged` checkpoint needs its `modalities`"),
         ("tiny-damc", {"lambdas": {"image": 1.0}}, "no lambda for the video, audio, point expert(s)"),

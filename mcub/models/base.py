@@ -181,7 +181,7 @@ def adapter_arguments(adapter: str, where: str) -> type[AdapterArguments]:
     """The typed arguments of an adapter; `where` names the model or file asking, in the error of an unknown one."""
     if adapter not in ADAPTERS:
         raise ModelError(f"{where}: unknown adapter {adapter!r}; known: {', '.join(ADAPTERS)}")
-    return _load(ADAPTERS[adapter])
+    return load_reference(ADAPTERS[adapter])
 
 
 def validate_arguments(adapter: str, args: dict[str, Any], where: str) -> AdapterArguments:
@@ -324,7 +324,7 @@ def check_model_args(spec: ModelSpec, overrides: dict[str, Any]) -> dict[str, An
 def build_model(spec: ModelSpec, overrides: dict[str, Any], runtime: Runtime) -> Model:
     """Instantiate the spec's adapter with its arguments, `overrides` taking precedence."""
     arguments = checked_arguments(spec, overrides)
-    return _load(arguments.builder)(runtime, arguments)
+    return load_reference(arguments.builder)(runtime, arguments)
 
 
 def resolve_dtype(spec: ModelSpec, device: str, requested: str) -> str:
@@ -335,7 +335,8 @@ def resolve_dtype(spec: ModelSpec, device: str, requested: str) -> str:
     return adapter_arguments(spec.adapter, f"model {spec.name}").cuda_dtype if device.startswith("cuda") else "float32"
 
 
-def _load(reference: str) -> Any:
+def load_reference(reference: str) -> Any:
+    """The object a `module:name` reference names, its module imported now."""
     module_name, _, name = reference.partition(":")
     return getattr(importlib.import_module(module_name), name)
 

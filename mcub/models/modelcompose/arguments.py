@@ -4,25 +4,24 @@ LLM (`modelcompose`), and the generated tiny model (`modelcompose-tiny`). Import
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from pydantic import model_validator
 
 from mcub.modalities import MODALITIES, Modality
 from mcub.models.arguments import AdapterArguments, in_modality_order
 
-Kind = Literal["damc", "naivemc"]
-
 
 class ModelComposeArguments(AdapterArguments):
-    """Either `experts` (one released checkpoint per modality, composed at load time by `composition` with the
-    coefficients `lambdas`, 1/N each by default; the modalities are the experts') or `merged` (a checkpoint the
-    authors' merge script wrote, holding its composition and coefficients; `modalities` states what it takes and
-    is checked against its config.json). `encoders` places the encoders by modality (only those of the model's
-    modalities are used; the others fall back on the checkpoints' config.json); `point_encoder` holds Point-BERT
-    config fields when its weights are not the released size; `feature_cache` is a directory where encoder
-    features are kept between runs; `allow_nonfinite_weights` loads checkpoints holding NaN or infinities (for
-    debugging: refused otherwise)."""
+    """Either `experts` (one released checkpoint per modality, composed at load time by `composition`, a method of
+    `methods.METHODS` (DAMC by default) with its arguments `composition_args` (given as `METHOD.ARG=VALUE`) and,
+    for a method that weighs the experts, the coefficients `lambdas`, 1/N each by default; the modalities are the
+    experts') or `merged` (a checkpoint the authors' merge script wrote, holding its composition and coefficients;
+    `modalities` states what it takes and is checked against its config.json). `encoders` places the encoders by
+    modality (only those of the model's modalities are used; the others fall back on the checkpoints'
+    config.json); `point_encoder` holds Point-BERT config fields when its weights are not the released size;
+    `feature_cache` is a directory where encoder features are kept between runs; `allow_nonfinite_weights` loads
+    checkpoints holding NaN or infinities (for debugging: refused otherwise)."""
 
     builder: ClassVar[str] = "mcub.models.modelcompose.model:ModelComposeModel"
     cuda_dtype: ClassVar[str] = "float16"  # as the authors ran every ModelCompose model
@@ -31,12 +30,18 @@ class ModelComposeArguments(AdapterArguments):
     experts: dict[Modality, str] | None = None
     merged: str | None = None
     modalities: tuple[Modality, ...] | None = None
-    composition: Kind | None = None
+    composition: str | None = None
+    composition_args: dict[str, Any] = {}
     lambdas: dict[Modality, float] | None = None
     encoders: dict[Modality, str] = {}
     point_encoder: dict[str, int] | None = None
     feature_cache: str | None = None
     allow_nonfinite_weights: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_arguments(cls, given: Any) -> Any:
+        return gather_method_arguments(given)
 
     @model_validator(mode="after")
     def _one_form(self) -> ModelComposeArguments:
@@ -47,21 +52,20 @@ class ModelComposeArguments(AdapterArguments):
                 raise ValueError("`experts` names no checkpoint")
             if self.modalities is not None:
                 raise ValueError("`modalities` follow from `experts`; state them only for a `merged` checkpoint")
-            if self.lambdas is not None:
-                check_lambdas(self.lambdas, self.experts)
+            check_composition(self.kind, self.composition_args, self.lambdas, self.experts)
             return self
         if not self.modalities or len(set(self.modalities)) != len(self.modalities):
             raise ValueError(
                 "a `merged` checkpoint needs its `modalities`, each once (checked against its config.json)"
             )
-        for name in ("composition", "lambdas"):
-            if getattr(self, name) is not None:
+        for name in ("composition", "lambdas", "composition_args"):
+            if getattr(self, name):
                 raise ValueError(f"`{name}` is not an argument of a `merged` checkpoint: its config.json holds it")
         return self
 
     @property
-    def kind(self) -> Kind:
-        """The composition of `experts` (DAMC unless told)."""
+    def kind(self) -> str:
+        """The composition method of `experts` (DAMC unless told)."""
         return self.composition or "damc"
 
     def coefficients(self) -> dict[Modality, float]:
@@ -82,7 +86,7 @@ class ModelComposeArguments(AdapterArguments):
         return found + [f"encoders.{m}={ref}" for m, ref in self.used_encoders().items()]
 
     def effective(self) -> dict[str, Any]:
-        arguments = super().effective()
+        arguments = _method_arguments_as_given(super().effective(), self.kind)
         if "encoders" in arguments:
             arguments["encoders"] = self.used_encoders()
         return arguments
@@ -95,14 +99,64 @@ class TinyDamcArguments(AdapterArguments):
     cuda_dtype: ClassVar[str] = "float16"
 
     cache_dir: str | None = None
+    composition: str | None = None
+    composition_args: dict[str, Any] = {}
     lambdas: dict[Modality, float] | None = None
     feature_cache: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _method_arguments(cls, given: Any) -> Any:
+        return gather_method_arguments(given)
+
     @model_validator(mode="after")
     def _lambdas_of_every_expert(self) -> TinyDamcArguments:
-        if self.lambdas is not None:
-            check_lambdas(self.lambdas, MODALITIES)
+        check_composition(self.composition or "damc", self.composition_args, self.lambdas, MODALITIES)
         return self
+
+    def effective(self) -> dict[str, Any]:
+        return _method_arguments_as_given(super().effective(), self.composition or "damc")
+
+
+def gather_method_arguments(given: Any) -> Any:
+    """`METHOD: {ARG: VALUE}` (from `--model-arg METHOD.ARG=VALUE`) moved into `composition_args`; arguments of a
+    method other than the chosen one are an error naming both."""
+    from mcub.models.modelcompose.methods import METHODS
+
+    if not isinstance(given, dict) or not any(name in METHODS for name in given):
+        return given
+    given = dict(given)
+    chosen = given.get("composition") or "damc"
+    for name in [name for name in given if name in METHODS]:
+        if name != chosen:
+            raise ValueError(f"`{name}.*` arguments given, but the composition is {chosen}")
+        values = given.pop(name)
+        if not isinstance(values, dict):
+            raise ValueError(f"`{name}` takes its arguments as `{name}.ARG=VALUE`")
+        given["composition_args"] = {**given.get("composition_args", {}), **values}
+    return given
+
+
+def _method_arguments_as_given(arguments: dict[str, Any], name: str) -> dict[str, Any]:
+    """`composition_args` shown as `METHOD: {ARG: VALUE}`, the form they are given in."""
+    if "composition_args" in arguments:
+        arguments[name] = arguments.pop("composition_args")
+    return arguments
+
+
+def check_composition(
+    name: str, arguments: Mapping[str, Any], lambdas: Mapping[Modality, float] | None, experts: Collection[Modality]
+) -> None:
+    """A registered method with valid arguments, and lambdas (one per expert) only for a method that takes them."""
+    from mcub.models.modelcompose.methods import method
+
+    chosen = method(name)
+    chosen.checked_arguments(dict(arguments))
+    if lambdas is None:
+        return
+    if not chosen.uses_lambdas:
+        raise ValueError(f"composition {name} does not weigh the experts by `lambdas`")
+    check_lambdas(lambdas, experts)
 
 
 def check_lambdas(lambdas: Mapping[Modality, float], experts: Collection[Modality]) -> None:

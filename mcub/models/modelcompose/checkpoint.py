@@ -59,6 +59,8 @@ class Checkpoint:
     prefix_tokens: dict[str, Tensor]
     suffix_tokens: dict[str, Tensor]
     unused: list[str] = field(default_factory=list)
+    aside: dict[str, Tensor] = field(default_factory=dict)
+    """The tensors of `unused`, by key (the authors' factor merges read them)."""
 
     @property
     def lora_r(self) -> int:
@@ -110,8 +112,9 @@ def read_checkpoint(directory: Path | str, allow_nonfinite: bool = False) -> Che
     if unknown:
         raise CheckpointError(f"{weights_file}: {len(unknown)} key(s) map onto nothing: {', '.join(sorted(unknown))}")
     checkpoint = Checkpoint(
-        directory, weights_file, file_sha256(weights_file), config, modalities, lora, projectors, prefix, suffix, unused
-    )
+        directory, weights_file, file_sha256(weights_file), config, modalities, lora, projectors, prefix, suffix,
+        unused, {key: tensors[key] for key in unused},
+    )  # fmt: skip
     _check_lora(checkpoint)
     return checkpoint
 

@@ -4,7 +4,7 @@ routes and weights, hence the same logits."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,7 +35,9 @@ class ModalityParts:
 
 @dataclass
 class Composition:
-    """A composed model's LoRA adapters and routes, and its modalities' parts."""
+    """A composed model's LoRA adapters and routes, and its modalities' parts; `method` records the composition
+    method of experts composed at load time (name, arguments, routing); `language_delta`, for a method that is not
+    low-rank, gives the dense language delta of a projection (see `language_delta.py`)."""
 
     kind: Kind
     adapters: dict[tuple[int, str], dict[str, LoraWeights]]
@@ -43,6 +45,8 @@ class Composition:
     modalities: dict[Modality, ModalityParts]
     sources: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    method: dict[str, Any] | None = None
+    language_delta: Callable[[tuple[int, str], Any], Tensor] | None = None
 
 
 def compose_experts(

@@ -25,7 +25,8 @@ from mcub.models.feature_cache import FEATURES, FeatureCache, weights_fingerprin
 from mcub.models.modelcompose.arguments import ModelComposeArguments
 from mcub.models.modelcompose.checkpoint import Checkpoint, read_checkpoint
 from mcub.models.modelcompose.components import Component, resolve_components
-from mcub.models.modelcompose.compose import Composition, compose_experts, compose_merged
+from mcub.models.modelcompose.compose import Composition, compose_merged
+from mcub.models.modelcompose.language_merges import compose_by_method
 from mcub.models.modelcompose.llm import LANGUAGE, ComposedLM, Span
 from mcub.models.modelcompose.tokenization import load_chunk_tokenizer
 from mcub.models.weight_hashes import weight_hashes
@@ -60,7 +61,9 @@ class ModelComposeModel(Model):
         if arguments.experts is not None:
             allow = arguments.allow_nonfinite_weights
             checkpoints = {m: read_checkpoint(paths[f"{m} expert"], allow) for m in arguments.experts}
-            self.composition = compose_experts(checkpoints, arguments.coefficients(), arguments.kind)
+            self.composition = compose_by_method(
+                checkpoints, arguments.coefficients(), arguments.kind, arguments.composition_args
+            )
         else:
             merged = read_checkpoint(paths["merged checkpoint"], arguments.allow_nonfinite_weights)
             _check_stated_modalities(merged, arguments.input_modalities())
@@ -108,6 +111,7 @@ class ModelComposeModel(Model):
 
     def _assemble(self, runtime: Runtime, composition: Composition, llama, tokenizer, encoders) -> None:
         """Install the routed LoRA into `llama`, load the projectors and local tokens, place everything."""
+        from mcub.models.modelcompose.language_delta import apply_language_delta, language_route_sha256
         from mcub.models.modelcompose.lora import RoutingState, install_routed_lora
         from mcub.models.modelcompose.projectors import build_projector
 
@@ -119,8 +123,11 @@ class ModelComposeModel(Model):
         device = torch.device(runtime.device)
         llama = llama.to(device=device, dtype=dtype).eval()
         state = RoutingState()
+        digest = language_route_sha256(composition, dtype)
         install_routed_lora(llama.model.layers, composition.adapters, composition.routes, state)
         composition.adapters.clear()
+        apply_language_delta(llama.model.layers, composition, state, digest)
+        self.language_delta_sha256 = digest.hexdigest()
         self.lm = ComposedLM(llama, state)
         self.tokenizer = tokenizer
         hidden = llama.config.hidden_size
@@ -259,6 +266,8 @@ class ModelComposeModel(Model):
             weights=weights,
             details={
                 "composition": self.composition.kind,
+                "method": self.composition.method,
+                "language_delta_sha256": self.language_delta_sha256,
                 "base": str(self.base_path) if self.base_path else None,
                 "sources": self.composition.sources,
                 "routes": {

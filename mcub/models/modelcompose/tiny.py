@@ -239,5 +239,6 @@ def build_tiny_damc(runtime: Runtime, arguments: TinyDamcArguments) -> ModelComp
     from mcub.models.modelcompose.model import ModelComposeModel
 
     layout = tiny_damc_layout(Path(arguments.cache_dir).expanduser() if arguments.cache_dir else DEFAULT_CACHE)
-    composed = ModelComposeArguments(lambdas=arguments.lambdas, feature_cache=arguments.feature_cache, **layout)
+    given = arguments.model_dump(include={"composition", "composition_args", "lambdas", "feature_cache"})
+    composed = ModelComposeArguments(**given, **layout)
     return ModelComposeModel(runtime, composed)
