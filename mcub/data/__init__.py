@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mcub.data.files import (
+    MediaPaths,
     count_questions,
     existing_file,
     json_array,
@@ -23,6 +24,7 @@ from mcub.data.integrity import human_turn_text, question_difference, shared_id_
 from mcub.data.options import LETTERS, parse_options, read_options
 from mcub.data.taskdata import Problem, TaskData
 from mcub.errors import DataError
+from mcub.gc_pause import paused_gc
 from mcub.modalities import MODALITIES, PLACEHOLDERS, REFERENCE_KEYS, Modality
 from mcub.schema import DataPaths, Sample
 from mcub.tasks import TaskSpec
@@ -78,16 +80,18 @@ def load_task(task: TaskSpec, paths: DataPaths = DEFAULT_PATHS, answer_file: Pat
     question_bytes = read_bytes(question_file)
     answer_bytes = read_bytes(answer_file)
     findings = _Findings()
-    if task.format == "pointllm":
-        samples = _pointllm_samples(task, question_file, question_bytes, paths, findings.record_problems)
-    else:
-        questions = parse_records(question_file, question_bytes)
-        answers = parse_records(answer_file, answer_bytes)
-        wanted = {str(record["id"]) for record in questions}
-        gold = _gold_answers(task, answer_file, answers, wanted, findings.record_problems)
-        samples = _samples(task, (question_file, answer_file), questions, gold, paths, findings)
-        if shared:
-            findings.record_problems.extend(shared_id_problems(task, question_file, questions, paths))
+    media_paths = MediaPaths(task.data_root(paths.data_root), paths.media_root)
+    with paused_gc():
+        if task.format == "pointllm":
+            samples = _pointllm_samples(task, question_file, question_bytes, media_paths, findings.record_problems)
+        else:
+            questions = parse_records(question_file, question_bytes)
+            answers = parse_records(answer_file, answer_bytes)
+            wanted = {str(record["id"]) for record in questions}
+            gold = _gold_answers(task, answer_file, answers, wanted, findings.record_problems)
+            samples = _samples(task, (question_file, answer_file), questions, gold, media_paths, findings)
+            if shared:
+                findings.record_problems.extend(shared_id_problems(task, question_file, questions, paths))
     return TaskData(
         task=task,
         question_file=question_file,
@@ -102,12 +106,11 @@ def load_task(task: TaskSpec, paths: DataPaths = DEFAULT_PATHS, answer_file: Pat
 
 
 def _pointllm_samples(
-    task: TaskSpec, path: Path, raw: bytes, paths: DataPaths, problems: list[Problem]
+    task: TaskSpec, path: Path, raw: bytes, media_paths: MediaPaths, problems: list[Problem]
 ) -> list[Sample]:
     """PointLLM's evaluation file: [{object_id, conversations: [human, gpt]}], the gpt turn the reference; the
     task's own prompt is asked, about the cloud at `point_file` (relative to the data root)."""
     records = json_array(path, raw)
-    data_root = task.data_root(paths.data_root)
     counts = Counter(str(r.get("object_id")) for r in records if isinstance(r, dict))
     samples = []
     for index, record in enumerate(records):
@@ -126,7 +129,7 @@ def _pointllm_samples(
         if not isinstance(answer, str) or not answer.strip():
             problems.append(Problem(str(path), "the reference (last turn) is empty", (object_id,)))
             continue
-        point = resolve_media_path(task.point_file.format(object_id=object_id), data_root, paths.media_root)
+        point = media_paths.resolve(task.point_file.format(object_id=object_id))
         meta = {"question_index": index}
         samples.append(Sample(task.name, object_id, task.prompt, (("point", str(point)),), {}, answer, meta))
     return samples
@@ -204,7 +207,7 @@ def _samples(
     files: tuple[Path, Path],
     records: list[dict[str, Any]],
     gold: dict[str, _Gold],
-    paths: DataPaths,
+    media_paths: MediaPaths,
     findings: _Findings,
 ) -> list[Sample]:
     """One sample per record with a unique id, a readable human turn and a gold entry; what else is found about a
@@ -234,7 +237,7 @@ def _samples(
         if difference is not None:
             message = f"its question differs from the one in {question_file.name} {difference}"
             findings.record_problems.append(Problem(str(answer_file), message, (sample_id,)))
-        sample = _sample(task, index, record, prompt, entry, paths)
+        sample = _sample(task, index, record, prompt, entry, media_paths)
         if sample.error:
             blamed = answer_file if entry.conflict else question_file
             findings.sample_problems.append(Problem(str(blamed), sample.error, (sample_id,)))
@@ -242,7 +245,9 @@ def _samples(
     return samples
 
 
-def _sample(task: TaskSpec, index: int, record: dict[str, Any], prompt: str, gold: _Gold, paths: DataPaths) -> Sample:
+def _sample(
+    task: TaskSpec, index: int, record: dict[str, Any], prompt: str, gold: _Gold, media_paths: MediaPaths
+) -> Sample:
     """The record as a sample; one that cannot be posed faithfully carries the reason as its `error`."""
     sample_id = str(record["id"])
     extras = {key: value for key, value in record.items() if key not in _RESERVED_KEYS}
@@ -250,7 +255,7 @@ def _sample(task: TaskSpec, index: int, record: dict[str, Any], prompt: str, gol
     if gold.answer is None:
         return Sample(task.name, sample_id, prompt, (), {}, "", meta, error=gold.conflict)
     try:
-        media = _media_in_placeholder_order(task, prompt, record.get("modal_inputs", {}), paths)
+        media = _media_in_placeholder_order(task, prompt, record.get("modal_inputs", {}), media_paths)
         options = _options(task, prompt, gold.answer)
     except ValueError as error:
         return Sample(task.name, sample_id, prompt, (), {}, gold.answer, meta, error=str(error))
@@ -273,7 +278,7 @@ def _human_turn(record: dict[str, Any]) -> str:
 
 
 def _media_in_placeholder_order(
-    task: TaskSpec, prompt: str, modal_inputs: Any, paths: DataPaths
+    task: TaskSpec, prompt: str, modal_inputs: Any, media_paths: MediaPaths
 ) -> tuple[tuple[Modality, str], ...]:
     """Pair the k-th placeholder of each modality with the k-th path of that modality."""
     if not isinstance(modal_inputs, dict):
@@ -295,13 +300,12 @@ def _media_in_placeholder_order(
             )
         if given and modality not in task.modalities:
             raise ValueError(f"has {modality} input, which task {task.name} does not declare")
-    data_root = task.data_root(paths.data_root)
     taken: Counter[Modality] = Counter()
     media = []
     for modality in order:
         raw = files[modality][taken[modality]]
         taken[modality] += 1
-        media.append((modality, str(resolve_media_path(raw, data_root, paths.media_root))))
+        media.append((modality, str(media_paths.resolve(raw))))
     return tuple(media)
 
 

@@ -125,13 +125,54 @@ def parse_records(path: Path, raw: bytes) -> list[dict[str, Any]]:
 
 def resolve_media_path(path: str, data_root: Path, media_root: Path | None) -> Path:
     """Resolve a media path as the authors' files write it (relative to the folder that holds `data/`)."""
-    candidate = Path(path)
-    if candidate.is_absolute():
-        return candidate
-    if media_root is not None:
-        return media_root / candidate
-    bases = (data_root.parent, data_root)
-    for base in bases:
-        if (base / candidate).exists():
-            return base / candidate
-    return bases[0] / candidate
+    return MediaPaths(data_root, media_root).resolve(path)
+
+
+class MediaPaths:
+    """Media paths of one task load resolved as the authors' files write them: an absolute path as it is; a relative
+    one under `media_root` when given, else under the data root's parent when the file is there, else under the data
+    root when it is there, else under the parent. Each distinct path is resolved once, and whether a file is there is
+    read from one listing per folder, not a stat per sample (a name the listing lacks or shows as a link is looked up
+    itself: a case-insensitive file system, a link's target)."""
+
+    def __init__(self, data_root: Path, media_root: Path | None):
+        self.data_root = data_root
+        self.media_root = media_root
+        self._resolved: dict[str, Path] = {}
+        self._names: dict[Path, frozenset[str] | None] = {}
+
+    def resolve(self, path: str) -> Path:
+        resolved = self._resolved.get(path)
+        if resolved is None:
+            resolved = self._resolved[path] = self._resolution(Path(path))
+        return resolved
+
+    def _resolution(self, candidate: Path) -> Path:
+        if candidate.is_absolute():
+            return candidate
+        if self.media_root is not None:
+            return self.media_root / candidate
+        bases = (self.data_root.parent, self.data_root)
+        for base in bases:
+            if self._exists(base / candidate):
+                return base / candidate
+        return bases[0] / candidate
+
+    def _exists(self, path: Path) -> bool:
+        folder = path.parent
+        if folder not in self._names:
+            self._names[folder] = _plain_names(folder)
+        names = self._names[folder]
+        return names is not None and (path.name in names or path.exists())
+
+
+def _plain_names(folder: Path) -> frozenset[str] | None:
+    """The names in a folder that are not symbolic links; None when there is no such folder (an empty set when it
+    cannot be listed: each name is then looked up itself)."""
+    try:
+        with os.scandir(folder) as entries:
+            return frozenset(entry.name for entry in entries if not entry.is_symlink())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError:
+        return frozenset()

@@ -49,7 +49,7 @@ def human_turn_text(record: dict[str, Any]) -> str | None:
 def question_difference(answered: str | None, asked: str) -> str | None:
     """Where the answer record's question (`answered`) departs from the question file's (`asked`), or None when
     they agree or the answer record's is absent or a placeholder (under MIN_COMPARED_WORDS words)."""
-    if answered is None:
+    if answered is None or answered == asked:
         return None
     ours, theirs = question_words(answered), question_words(asked)
     if len(ours.split()) < MIN_COMPARED_WORDS or ours == theirs:
