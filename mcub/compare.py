@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mcub.results import RunFiles, write_atomically
+from mcub.schema import RecordOutcome
 from mcub.stats import PairedDifference, holm, paired_difference
 
 
@@ -164,9 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def command() -> int:
-        comparison = compare_runs(
-            RunFiles(args.base), RunFiles(args.new), args.alpha, args.max_drop, args.seed, args.max_missing
-        )
+        base, new = (RunFiles(run_dir, view=RecordOutcome) for run_dir in (args.base, args.new))
+        comparison = compare_runs(base, new, args.alpha, args.max_drop, args.seed, args.max_missing)
         print_comparison(comparison)
         if args.json:
             write_atomically(args.json, json.dumps(asdict(comparison), indent=2) + "\n")

@@ -5,7 +5,7 @@ files, model arguments, protocols) before any weight is read, and compute every 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +19,13 @@ from mcub.protocols import Protocol, ProtocolError, protocol_for
 from mcub.request import EvalRequest
 from mcub.results import (
     REQUEST_FILE,
+    RecordFile,
     RunFiles,
     check_identity,
     count_saved_records,
     environment,
     git_revision,
     new_run_name,
-    read_records,
     resume_run_dir,
     start_run,
     write_records,
@@ -33,7 +33,7 @@ from mcub.results import (
 )
 from mcub.run_lock import RunLock
 from mcub.runner.receipts import media_consumption
-from mcub.schema import DataPaths, GroupMetrics, ModelInfo, RunSummary, ScorerSettings, Settings, TaskSummary
+from mcub.schema import DataPaths, GroupMetrics, ModelInfo, Record, RunSummary, ScorerSettings, Settings, TaskSummary
 from mcub.scorer import ScoringContext, check_scorable, recorded_judgements, score_records
 from mcub.scoring import group_metrics, task_metrics
 from mcub.tasks import Registry, load_registry
@@ -183,20 +183,23 @@ def _run_in(
     settings = RunSettings(request.batch_size, request.num_workers, request.strict, request.limit,
                            pin_memory=device.startswith("cuda"), media_limits=request.limits)  # fmt: skip
     notes: dict[str, list[str]] = {}
+    files: dict[str, RecordFile | None] = {}
     for data in plan.datasets:
         protocol = plan.protocols[data.task.name]
         query = Query(data.task, protocol, protocol.decoding(data.task, request.max_new_tokens))
-        notes[data.task.name] = run_task(model, data, query, settings, run_dir / "records", dist, request.progress)
-        for note in notes[data.task.name]:
+        ran = run_task(model, data, query, settings, run_dir / "records", dist, request.progress)
+        files[data.task.name], notes[data.task.name] = ran.file, ran.notes
+        for note in ran.notes:
             log(f"warning: {note}")
     if not dist.is_main:
         return None, run_dir
     context = ScoringContext(request.scoring)
+    records = {}
     for data in plan.datasets:
-        score_pending(run_dir / "records" / f"{data.task.name}.jsonl", data, plan.protocols[data.task.name], context)
-    tasks, groups = summarize(
-        plan.datasets, run_dir / "records", plan.protocols, request.limit, request.seed, plan.groups, notes
-    )
+        name = data.task.name
+        records[name] = score_pending(run_dir / "records" / f"{name}.jsonl", files[name], data, plan.protocols[name],
+                                      context)  # fmt: skip
+    tasks, groups = summarize(plan.datasets, records, plan.protocols, request.limit, request.seed, plan.groups, notes)
     summary = RunSummary(
         harness_version=__version__,
         git_revision=git_revision(),
@@ -255,19 +258,21 @@ def _run_dir(request: EvalRequest, model: str, dist) -> Path:
     return request.output_dir / model / dist.share("run_name", name)
 
 
-def score_pending(path: Path, data: TaskData, protocol: Protocol, context: ScoringContext) -> None:
-    """Score the records of a task file that are not scored yet (new ones, or raw ones a crash left)."""
-    records, _ = read_records(path, repair=False)
-    pending = [record for record in records.values() if not record.scored]
+def score_pending(
+    path: Path, file: RecordFile, data: TaskData, protocol: Protocol, context: ScoringContext
+) -> dict[str, Record]:
+    """Score the records of a task's file (as read: `file`) that are not scored yet (new ones, or raw ones a crash
+    left), rewrite the file if any were, and return its records by id."""
+    pending = [record for record in file.records.values() if not record.scored]
     if pending:
-        for record in score_records(pending, data.task, protocol, context):
-            records[record.id] = record
-        write_records(path, records.values())
+        file.update(score_records(pending, data.task, protocol, context))
+        file.write(path)
+    return file.records
 
 
 def summarize(
     datasets: list[TaskData],
-    records_dir: Path,
+    records: Mapping[str, Mapping[str, Record]],
     protocols: dict[str, Protocol],
     limit: int | None,
     seed: int,
@@ -275,11 +280,11 @@ def summarize(
     notes: dict[str, list[str]],
 ) -> tuple[dict[str, TaskSummary], dict[str, GroupMetrics]]:
     """Task and group summaries (the first `limit` samples of each task; bootstrap seeded by `seed`), computed from
-    the record files alone."""
+    each task's records by id (as its record file holds them) alone."""
     tasks = {}
     for data in datasets:
         samples = data.samples[:limit] if limit is not None else data.samples
-        records, _ = read_records(records_dir / f"{data.task.name}.jsonl", repair=False)
+        recorded = records[data.task.name]
         tasks[data.task.name] = TaskSummary(
             task=data.task.name,
             family=data.task.family,
@@ -290,8 +295,8 @@ def summarize(
             question_sha256=data.question_sha256,
             answer_sha256=data.answer_sha256,
             data_problems=[str(problem) for problem in data.record_problems] + notes.get(data.task.name, []),
-            metrics=task_metrics([sample.id for sample in samples], records, data.task.breakdown, seed),
-            media=media_consumption(records[sample.id] for sample in samples if sample.id in records),
+            metrics=task_metrics([sample.id for sample in samples], recorded, data.task.breakdown, seed),
+            media=media_consumption(recorded[sample.id] for sample in samples if sample.id in recorded),
         )
     group_summaries = {
         name: group_metrics({task: tasks[task].metrics for task in members}, seed)
@@ -326,7 +331,7 @@ def _score_run(
     same_judge = same_judge and scoring.judge.identity() == summary.scoring.judge.identity()
     out_dir = run_dir / "rescored" / (name or rescore_name(protocol, scoring, summary.scoring))
     registry = load_registry()
-    datasets, protocols = [], {}
+    datasets, protocols, rescored_records = [], {}, {}
     for task_name, task_summary in summary.tasks.items():
         if task_name not in registry.tasks:
             raise RunError(f"{run_dir}: task {task_name} is not a task of this mcub")
@@ -342,12 +347,14 @@ def _score_run(
         check_scorable(records, task, chosen, summary.settings.max_new_tokens)
         context = ScoringContext(scoring, recorded_judgements(records) if same_judge else None)
         (out_dir / "records").mkdir(parents=True, exist_ok=True)
-        write_records(out_dir / "records" / f"{task_name}.jsonl", score_records(records, task, chosen, context))
+        scored = score_records(records, task, chosen, context)
+        write_records(out_dir / "records" / f"{task_name}.jsonl", scored)
+        rescored_records[task_name] = {record.id: record for record in scored}
         datasets.append(data)
         protocols[task_name] = chosen
     groups = {group_name: group.tasks for group_name, group in summary.groups.items()}
     tasks, group_summaries = summarize(
-        datasets, out_dir / "records", protocols, summary.settings.limit, summary.settings.seed, groups, {}
+        datasets, rescored_records, protocols, summary.settings.limit, summary.settings.seed, groups, {}
     )
     rescored = summary.model_copy(
         update={"tasks": tasks, "groups": group_summaries, "scoring": scoring, "created": new_run_name(),

@@ -16,8 +16,8 @@ from pathlib import Path
 from mcub.data import TaskData, load_task
 from mcub.errors import McubError
 from mcub.protocols import Protocol, get_protocol
-from mcub.results import RunFiles, summary_table, write_atomically
-from mcub.schema import DataPaths, Decoding, Record, Sample, ScorerSettings
+from mcub.results import RunFiles, read_summary, summary_table, write_atomically
+from mcub.schema import DataPaths, Decoding, Record, RecordOutcome, Sample, ScorerSettings
 from mcub.scorer import ScoringContext, recorded_judgements, score_records
 from mcub.scoring import group_metrics, task_metrics
 from mcub.stats import mcnemar_exact
@@ -174,22 +174,22 @@ def add_run(run_dir: Path, paths: DataPaths, leaderboard: Path = LEADERBOARD_DIR
     reasons = validate_run(run_dir, paths)
     if reasons:
         raise Rejected(f"{run_dir} is not a valid submission:\n  " + "\n  ".join(reasons))
-    run = RunFiles(run_dir)
+    summary = read_summary(run_dir)
     links = [path for path in _walk(run_dir) if path.is_symlink()]
     if links:
         listed = ", ".join(str(path.relative_to(run_dir)) for path in links)
         raise Rejected(f"{run_dir} is not a valid submission: {listed} is a symbolic link (a submission holds regular "
                        "files only)")  # fmt: skip
-    target = leaderboard / "submissions" / re.sub(r"[^A-Za-z0-9._-]+", "_", f"{run.summary.model.name}--{run_dir.name}")
+    target = leaderboard / "submissions" / re.sub(r"[^A-Za-z0-9._-]+", "_", f"{summary.model.name}--{run_dir.name}")
     if target.exists():
         raise Rejected(f"{target} already exists")
-    files = [*SUBMISSION_FILES, *(f"records/{task}.jsonl" for task in run.summary.tasks)]
+    files = [*SUBMISSION_FILES, *(f"records/{task}.jsonl" for task in summary.tasks)]
     for name in files:
         source = run_dir / name
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target / name, follow_symlinks=False)
-    write_atomically(target / "table.md", summary_table(run.summary) + "\n")
+    write_atomically(target / "table.md", summary_table(summary) + "\n")
     return target
 
 
@@ -251,7 +251,8 @@ def _indistinguishable(first: RunFiles, second: RunFiles, tasks: list[str]) -> b
 
 def build(leaderboard: Path = LEADERBOARD_DIR) -> list[Entry]:
     """Render `README.md` and `index.html` from every submission."""
-    runs = [RunFiles(path) for path in sorted((leaderboard / "submissions").glob("*")) if path.is_dir()]
+    submissions = sorted(path for path in (leaderboard / "submissions").glob("*") if path.is_dir())
+    runs = [RunFiles(path, view=RecordOutcome) for path in submissions]
     entries, shared = rank_submissions(runs)
     tasks = list(dict.fromkeys(task for run in runs for task in run.summary.tasks))
     write_atomically(leaderboard / "README.md", _markdown(entries, tasks, shared))
@@ -355,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             for reason in reasons:
                 print(f"rejected: {reason}")
             if not reasons:
-                print(f"valid submission ({scorer_description(RunFiles(args.run).summary.scoring)})")
+                print(f"valid submission ({scorer_description(read_summary(args.run).scoring)})")
                 return DONE
             print(f"{len(reasons)} reason(s) to reject {args.run}")
             return VERDICT

@@ -6,14 +6,18 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from mcub.errors import McubError, validation_problems
+from mcub.gc_pause import paused_gc
 from mcub.schema import SCHEMA_VERSION, Environment, Record, RunSummary
+
+View = TypeVar("View", bound=BaseModel)
 
 DEFAULT_OUTPUT_DIR = Path("results")
 IDENTITY_FILE = "run.json"
@@ -64,41 +68,97 @@ class RecordLog:
         )
 
 
-def parse_record(line: str, path: Path, number: int) -> Record:
-    """A record line validated against the schema; a line that does not validate is an error naming file and line."""
+def parse_record(line: str, path: Path, number: int, view: type[View] = Record) -> View:
+    """A record line validated against the schema (or, with `view`, the fields of a record that a reader projects);
+    a line that does not validate is an error naming file and line."""
     try:
-        return Record.model_validate_json(line)
+        return view.model_validate_json(line)
     except ValidationError as error:
         problem = validation_problems(error, "record", limit=1)
         raise RunFileError(f"{path}:{number}: not a valid record ({problem})") from None
 
 
-def read_records(path: Path, repair: bool = True) -> tuple[dict[str, Record], list[str]]:
-    """Records by id, and a note for every damaged line (one that is not JSON: a crash can leave a half-written
-    last line; its sample is simply done again); with `repair`, damaged lines are cut out of the file. A line that
-    is JSON but not a valid record is an error."""
+def _json_or_none(line: str) -> Any:
+    """The line's JSON value, or None when it is not JSON."""
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
+
+
+def _numbered_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a JSONL text; only a newline ends a line (a record's text may hold other line
+    separators, such as U+2028, that `str.splitlines` would split it at)."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return enumerate(lines, start=1)
+
+
+@dataclass
+class RecordFile:
+    """A record log parsed once: records by id (a later line of an id replaces an earlier one), the line each was
+    read from (without its newline; written back byte for byte when the file is rewritten), and a note per damaged
+    line."""
+
+    records: dict[str, Record] = field(default_factory=dict)
+    lines: dict[str, str] = field(default_factory=dict)
+    damaged: list[str] = field(default_factory=list)
+
+    def update(self, records: Iterable[Record]) -> None:
+        """Add or replace records (their lines made from them)."""
+        for record in records:
+            self.records[record.id] = record
+            self.lines[record.id] = record_line(record)[:-1]
+
+    def merge(self, other: RecordFile) -> None:
+        """Take the records (with their lines) of another file read; its records win."""
+        self.records.update(other.records)
+        self.lines.update(other.lines)
+
+    def write(self, path: Path) -> None:
+        """Write the records (atomically) in question order."""
+        ordered = sorted(self.records.values(), key=lambda record: record.question_index)
+        write_atomically(path, "".join(f"{self.lines[record.id]}\n" for record in ordered))
+
+
+def read_record_file(path: Path, repair: bool = True) -> RecordFile:
+    """A record log parsed once (each line validated once). A line that is not JSON is damaged: a crash can leave a
+    half-written last line, and its sample is simply done again; with `repair`, damaged lines are cut out of the
+    file. A line that is JSON but not a valid record is an error."""
+    read = RecordFile()
     if not path.is_file():
-        return {}, []
-    records: dict[str, Record] = {}
-    damaged: list[str] = []
-    good_lines: list[str] = []
+        return read
     raw = path.read_text(encoding="utf-8", errors="replace")
-    for number, line in enumerate(raw.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except ValueError:
-            value = None
-        if not isinstance(value, dict):
-            damaged.append(f"{path}:{number}: damaged record ({len(line)} bytes) dropped; its sample is redone")
-            continue
-        record = parse_record(line, path, number)
-        records[record.id] = record
-        good_lines.append(line)
-    if repair and (damaged or (raw and not raw.endswith("\n"))):
+    unterminated = bool(raw) and not raw.endswith("\n")
+    numbered = _numbered_lines(raw)
+    del raw  # the lines hold the text
+    good_lines: list[str] = []
+    with paused_gc():
+        for number, line in numbered:
+            if not line.strip():
+                continue
+            try:
+                record = Record.model_validate_json(line)
+            except ValidationError:
+                if not isinstance(_json_or_none(line), dict):
+                    read.damaged.append(
+                        f"{path}:{number}: damaged record ({len(line)} bytes) dropped; its sample is redone"
+                    )
+                    continue
+                record = parse_record(line, path, number)
+            read.records[record.id] = record
+            read.lines[record.id] = line
+            good_lines.append(line)
+    if repair and (read.damaged or unterminated):
         write_atomically(path, "".join(line + "\n" for line in good_lines))
-    return records, damaged
+    return read
+
+
+def read_records(path: Path, repair: bool = True) -> tuple[dict[str, Record], list[str]]:
+    """Records by id, and a note for every damaged line (see `read_record_file`)."""
+    read = read_record_file(path, repair)
+    return read.records, read.damaged
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -141,21 +201,30 @@ def write_records(path: Path, records: Iterable[Record]) -> None:
     write_atomically(path, "".join(record_line(record) for record in ordered))
 
 
-def consolidate_records(records_dir: Path, task_name: str) -> list[str]:
-    """Fold every rank's part file of a task into `<task>.jsonl` (one record per id), repairing damaged lines."""
+def consolidate_records(
+    records_dir: Path, task_name: str, known: RecordFile | None = None
+) -> tuple[RecordFile, list[str]]:
+    """Fold every rank's part file of a task into `<task>.jsonl` (one record per id), repairing damaged lines; return
+    what the folded file holds and a note per damaged line. `known` is the file as this process last read or wrote
+    it (the run's lock keeps other writers out), so that only the part files are parsed. The file is rewritten only
+    when a part holds records, a line was damaged or there is no file yet; the records already in it keep their
+    bytes."""
     main_file = records_dir / f"{task_name}.jsonl"
-    merged, notes = read_records(main_file)
+    merged = known if known is not None else read_record_file(main_file)
+    notes = [] if known is not None else list(merged.damaged)
     parts = sorted(records_dir.glob(f"{task_name}.rank*.jsonl"))
+    fresh = False
     for part in parts:
-        records, damaged = read_records(part)
-        merged.update(records)
-        notes += damaged
-    if parts or notes or not main_file.exists():
+        read = read_record_file(part)
+        fresh = fresh or bool(read.records)
+        merged.merge(read)
+        notes += read.damaged
+    if fresh or notes or not main_file.exists():
         records_dir.mkdir(parents=True, exist_ok=True)
-        write_records(main_file, merged.values())
-        for part in parts:
-            part.unlink()
-    return notes
+        merged.write(main_file)
+    for part in parts:
+        part.unlink()
+    return merged, notes
 
 
 def count_saved_records(records_dir: Path) -> int:
@@ -320,41 +389,51 @@ def check_identity(run_dir: Path, identity: dict[str, Any]) -> None:
 
 
 class RunFiles:
-    """A run directory read strictly: its summary and every task's records by id (duplicates are an error). With
-    `collect_invalid`, records that do not validate are listed by id in `invalid` instead of failing the read."""
+    """A run directory read strictly: its summary and every task's records by id (duplicates are an error), each
+    record file parsed once. With `collect_invalid`, records that do not validate are listed by id in `invalid`
+    instead of failing the read. `view` reads only the fields of a record that a command needs (e.g. `RecordOutcome`):
+    the other fields are neither validated nor kept."""
 
-    def __init__(self, run_dir: Path, collect_invalid: bool = False):
+    def __init__(self, run_dir: Path, collect_invalid: bool = False, view: type[BaseModel] = Record):
         self.run_dir = run_dir
         self.summary = read_summary(run_dir)
         self.invalid: dict[str, list[str]] = {task: [] for task in self.summary.tasks}
-        self.records: dict[str, dict[str, Record]] = {
+        self.records: dict[str, dict[str, Any]] = {
             task: read_unique_records(
-                run_dir / "records" / f"{task}.jsonl", self.invalid[task] if collect_invalid else None
+                run_dir / "records" / f"{task}.jsonl", self.invalid[task] if collect_invalid else None, view
             )
             for task in self.summary.tasks
         }
 
 
-def read_unique_records(path: Path, invalid: list[str] | None = None) -> dict[str, Record]:
-    """Records by id; a missing file, a damaged line, a repeated id, or (without an `invalid` list to collect their
-    ids in) a line that is not a valid record is an error naming file and line."""
+def read_unique_records(path: Path, invalid: list[str] | None = None, view: type[View] = Record) -> dict[str, View]:
+    """Records (or their `view`) by id; a missing file, a damaged line, a repeated id, or (without an `invalid` list
+    to collect their ids in) a line that is not a valid record is an error naming file and line."""
     if not path.is_file():
         raise RunFileError(f"{path}: no records file")
-    records: dict[str, Record] = {}
+    records: dict[str, View] = {}
     seen: set[str] = set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError:
-            raise RunFileError(f"{path}:{number}: damaged record") from None
-        record_id = str(value.get("id")) if isinstance(value, dict) else f"line {number}"
-        if record_id in seen:
-            raise RunFileError(f"{path}:{number}: id {record_id!r} is recorded twice")
-        seen.add(record_id)
-        try:
-            records[record_id] = parse_record(line, path, number)
-        except RunFileError:
-            if invalid is None:
-                raise
-            invalid.append(record_id)
+    with paused_gc():
+        for number, line in _numbered_lines(path.read_text(encoding="utf-8")):
+            try:
+                record = view.model_validate_json(line)
+            except ValidationError:
+                record = None
+            if record is not None:
+                record_id = record.id
+            else:
+                try:
+                    value = json.loads(line)
+                except ValueError:
+                    raise RunFileError(f"{path}:{number}: damaged record") from None
+                record_id = str(value.get("id")) if isinstance(value, dict) else f"line {number}"
+            if record_id in seen:
+                raise RunFileError(f"{path}:{number}: id {record_id!r} is recorded twice")
+            seen.add(record_id)
+            if record is not None:
+                records[record_id] = record
+            elif invalid is None:
+                parse_record(line, path, number, view)
+            else:
+                invalid.append(record_id)
     return records

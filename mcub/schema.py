@@ -181,6 +181,18 @@ class Record(BaseModel):
     """decode_s (worker time on the media), model_s (model time per sample of its batch)."""
 
 
+class RecordOutcome(BaseModel):
+    """The fields of a Record that paired comparisons read (`mcub compare`, the leaderboard's ties): a projection,
+    read from a record line without the rest of it (which is neither validated nor kept)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    task: str
+    id: str
+    question_index: int
+    correct: bool | None
+
+
 # --- metrics ------------------------------------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ from mcub.errors import RunError
 from mcub.media.limits import DEFAULT_LIMITS, MediaLimits
 from mcub.models.base import Model, PreparedBatch
 from mcub.protocols import Answer, Protocol
-from mcub.results import RecordLog, consolidate_records, read_records
+from mcub.results import RecordFile, RecordLog, consolidate_records, read_records
 from mcub.runner.batching import find_batch_size, length_sorted_batches
 from mcub.runner.distributed import Distributed
 from mcub.runner.loading import LoadedSample, SampleDataset, load_batches
@@ -72,6 +72,15 @@ class Query:
         return list(prepared.prompts), answers, list(receipts)
 
 
+@dataclass
+class TaskRecords:
+    """What running a task leaves: its records file as folded, parsed (on the main rank; None on the others), and
+    notes on damaged records and on records that were redone."""
+
+    file: RecordFile | None
+    notes: list[str]
+
+
 BatchScope = Callable[[list[LoadedSample]], AbstractContextManager]
 """Called with each batch just before the model sees it: the context the batch runs in (timers, profiler labels)."""
 
@@ -85,17 +94,18 @@ def run_task(
     dist: Distributed,
     progress: bool = True,
     around_batch: BatchScope | None = None,
-) -> list[str]:
-    """Run every sample of a task that has no record made on the task's current data; return notes on damaged
-    records and records that were redone. Each batch runs inside `around_batch(batch)` when given."""
+) -> TaskRecords:
+    """Run every sample of a task that has no record made on the task's current data; return the folded records
+    (read once on the main rank) and notes. Each batch runs inside `around_batch(batch)` when given."""
     task = data.task
     samples = data.samples[: settings.limit] if settings.limit is not None else data.samples
     main_file = records_dir / f"{task.name}.jsonl"
     notes: list[str] = []
+    folded = None
     if dist.is_main:
-        notes = consolidate_records(records_dir, task.name)
+        folded, notes = consolidate_records(records_dir, task.name)
     dist.barrier()
-    recorded, _ = read_records(main_file, repair=False)
+    recorded = folded.records if folded is not None else read_records(main_file, repair=False)[0]
     current = (data.question_sha256, data.answer_sha256)
     done = {i for i, r in recorded.items() if (r.question_sha256, r.answer_sha256) == current}
     if len(done) < len(recorded) and dist.is_main:
@@ -122,9 +132,10 @@ def run_task(
     finally:
         log.close()
     dist.barrier()
-    if dist.is_main:
-        notes += consolidate_records(records_dir, task.name)
-    return notes
+    if folded is not None:
+        folded, damaged = consolidate_records(records_dir, task.name, folded)
+        notes += damaged
+    return TaskRecords(folded, notes)
 
 
 def evaluate_batch(
