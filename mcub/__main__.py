@@ -35,5 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     return module.main(argv[1:])
 
 
+def entry() -> None:
+    """The `mcub` console script: `main`, then a quick exit once the output is flushed (`mcub.cli.exit_now`)."""
+    from mcub.cli import exit_now
+
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

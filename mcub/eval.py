@@ -150,4 +150,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from mcub.cli import exit_now
+
+    exit_now(main())

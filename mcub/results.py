@@ -302,23 +302,30 @@ def git_revision() -> str | None:
 
 
 def environment() -> Environment:
-    """Python, platform, torch and transformers versions (read from the installed metadata), the GPU."""
+    """Python, platform, torch and transformers versions, and the GPU, with nothing imported to read them: torch's
+    version is the loaded module's when the run loaded torch (it carries the build, e.g. `+cu130`), else the installed
+    distribution's, as transformers' always is; the GPU is the one the run's torch sees (None when the run never
+    loaded torch)."""
     import platform
-    from importlib.metadata import PackageNotFoundError, version
 
-    import torch
-
-    try:
-        transformers = version("transformers")
-    except PackageNotFoundError:
-        transformers = None
+    torch = sys.modules.get("torch")
     return Environment(
         python=sys.version.split()[0],
         platform=platform.platform(),
-        torch=torch.__version__,
-        transformers=transformers,
-        gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        torch=torch.__version__ if torch is not None else installed_version("torch"),
+        transformers=installed_version("transformers"),
+        gpu=torch.cuda.get_device_name(0) if torch is not None and torch.cuda.is_available() else None,
     )
+
+
+def installed_version(distribution: str) -> str | None:
+    """The version of an installed distribution, from its metadata (None when it is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
 
 
 def new_run_name() -> str:

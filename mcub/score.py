@@ -163,4 +163,6 @@ def _score_predictions(args: argparse.Namespace, paths) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from mcub.cli import exit_now
+
+    exit_now(main())

@@ -1,5 +1,6 @@
 """`python -m mcub.data check ...`: the same command as `mcub data check ...`."""
 
 from mcub.check import main
+from mcub.cli import exit_now
 
-raise SystemExit(main())
+exit_now(main())
