@@ -12,6 +12,7 @@ COMMANDS = {
     "compare": ("mcub.compare", "paired regression check of two runs"),
     "leaderboard": ("mcub.leaderboard", "validate, add and build leaderboard submissions"),
     "data": ("mcub.check", "check task data and media before a long run"),
+    "sweep": ("mcub.sweep", "evaluate a grid of model arguments, rerunning only the LLM"),
     "bench": ("mcub.bench", "throughput of the model and the pipeline"),
     "lm-eval": ("mcub.lmeval", "lm-evaluation-harness configs and command line"),
 }

@@ -22,9 +22,21 @@ from mcub.tasks import Registry, load_registry
 
 
 def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mcub eval", description=__doc__)
+    add_request_arguments(parser)
+    parser.add_argument("--output-dir", type=Path, help="runs go to DIR/<model>/<run-name> (default: results)")
+    parser.add_argument("--run-name", help="the run directory's name (default: the start time)")
+    parser.add_argument("--resume", action="store_true", help="continue the latest run of this model (or --run-name)")
+    parser.add_argument("--list-tasks", action="store_true", help="list every task and group, then exit")
+    parser.add_argument("--list-models", action="store_true", help="list every model id, then exit")
+    return parser
+
+
+def add_request_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of a request that say what to run and how, but not where its run directory is (`mcub sweep` gives
+    them to every point)."""
     from mcub.protocols import PROTOCOLS
 
-    parser = argparse.ArgumentParser(prog="mcub eval", description=__doc__)
     parser.add_argument("--config", type=Path, help="a YAML request (the fields of a run's run.yaml); flags win")
     parser.add_argument("--model", help="a model id from models/*.yaml (see --list-models)")
     parser.add_argument(
@@ -32,8 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_data_arguments(parser)
     parser.set_defaults(data_root=None)
-    parser.add_argument("--output-dir", type=Path, help="runs go to DIR/<model>/<run-name> (default: results)")
-    parser.add_argument("--run-name", help="the run directory's name (default: the start time)")
     parser.add_argument("--protocol", choices=list(PROTOCOLS), help="override every task's protocol")
     add_scorer_arguments(parser)
     parser.add_argument("--batch-size", help="samples per batch (default 1), or `auto`: the largest that fits")
@@ -43,16 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int)
     parser.add_argument("--limit", type=int, help="only the first N samples of each task")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--resume", action="store_true", help="continue the latest run of this model (or --run-name)")
     parser.add_argument("--strict", action="store_true", help="abort on the first data, media or model error")
     parser.add_argument(
         "--model-arg", action="append", default=[], metavar="KEY=VALUE", help="override a model argument"
     )
     add_media_limit_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--list-tasks", action="store_true", help="list every task and group, then exit")
-    parser.add_argument("--list-models", action="store_true", help="list every model id, then exit")
-    return parser
 
 
 FLAG_FIELDS = ("model", "output_dir", "run_name", "protocol", "batch_size", "num_workers", "device", "dtype",
@@ -60,17 +66,18 @@ FLAG_FIELDS = ("model", "output_dir", "run_name", "protocol", "batch_size", "num
 
 
 def request_values(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    """The request's values: the --config file's, with the flags given laid over them; and where they came from."""
+    """The request's values: the --config file's, with the flags given laid over them (those of `parser`'s flags that
+    `args` has); and where they came from."""
     from mcub.models.base import merge_args, parse_model_args
     from mcub.request import EvalRequest
 
     values = EvalRequest.read_yaml(args.config) if args.config else {}
-    values |= {name: getattr(args, name) for name in FLAG_FIELDS if getattr(args, name) is not None}
+    values |= {name: getattr(args, name) for name in FLAG_FIELDS if getattr(args, name, None) is not None}
     if args.tasks:
         values["tasks"] = split_names(args.tasks)
     for flag, field, value in (("no_download", "download", False), ("no_progress", "progress", False),
                                ("resume", "resume", True), ("strict", "strict", True)):  # fmt: skip
-        if getattr(args, flag):
+        if getattr(args, flag, False):
             values[field] = value
     if args.media_limit:
         values["media_limits"] = {**(values.get("media_limits") or {}), **media_limit_values(args.media_limit)}

@@ -25,6 +25,8 @@ class ModelComposeArguments(AdapterArguments):
 
     builder: ClassVar[str] = "mcub.models.modelcompose.model:ModelComposeModel"
     cuda_dtype: ClassVar[str] = "float16"  # as the authors ran every ModelCompose model
+    # the experts' config.json place the encoders and choose their output layer
+    encoder_arguments: ClassVar[frozenset[str]] = frozenset({"experts", "merged", "encoders", "point_encoder"})
 
     base: str
     experts: dict[Modality, str] | None = None
@@ -97,6 +99,7 @@ class TinyDamcArguments(AdapterArguments):
 
     builder: ClassVar[str] = "mcub.models.modelcompose.tiny:build_tiny_damc"
     cuda_dtype: ClassVar[str] = "float16"
+    encoder_arguments: ClassVar[frozenset[str]] = frozenset({"cache_dir"})
 
     cache_dir: str | None = None
     composition: str | None = None
