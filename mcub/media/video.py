@@ -106,23 +106,29 @@ def _read_pyav(path: str, pick: FramePicker) -> tuple[int, list[int], np.ndarray
     return total, indices, np.stack(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8), fps
 
 
-def languagebind_pixel_values(frames: np.ndarray, size: int = LANGUAGEBIND_SIZE) -> torch.Tensor:
-    """LanguageBind's eval steps minus the random flip: /255, normalise, short side to `size`, centre crop.
-
-    Returns (3, T, size, size), normalising before resizing as the reference does."""
-    video = torch.from_numpy(frames).permute(3, 0, 1, 2).to(torch.float32) / 255.0
-    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1, 1)
-    std = torch.tensor(CLIP_STD).view(3, 1, 1, 1)
-    video = (video - mean) / std
-    _, _, height, width = video.shape
+def short_side_resize(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """LanguageBind's geometry: the size (height, width) with the short side at `size`, and the top and left of the
+    centred `size` square."""
     if width < height:
         new_height, new_width = int(math.floor(height / width * size)), size
     else:
         new_height, new_width = size, int(math.floor(width / height * size))
+    return new_height, new_width, int(round((new_height - size) / 2.0)), int(round((new_width - size) / 2.0))
+
+
+def languagebind_pixel_values(frames: np.ndarray, size: int = LANGUAGEBIND_SIZE) -> torch.Tensor:
+    """LanguageBind's eval steps minus the random flip: /255, normalise, short side to `size`, centre crop.
+
+    Returns (3, T, size, size). The reference normalises the full frames before resizing; the per-channel affine
+    normalisation commutes with the bilinear resize (its weights sum to 1), so it runs here on the cropped frames
+    instead, equal to the reference's order within float32 rounding (under 1e-6)."""
+    video = torch.from_numpy(frames).permute(3, 0, 1, 2).to(torch.float32)
+    new_height, new_width, top, left = short_side_resize(frames.shape[1], frames.shape[2], size)
     video = torch.nn.functional.interpolate(video, size=(new_height, new_width), mode="bilinear", align_corners=False)
-    top = int(round((new_height - size) / 2.0))
-    left = int(round((new_width - size) / 2.0))
-    return video[:, :, top : top + size, left : left + size].contiguous()
+    video = video[:, :, top : top + size, left : left + size]
+    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1, 1)
+    std = torch.tensor(CLIP_STD).view(3, 1, 1, 1)
+    return ((video / 255.0 - mean) / std).contiguous()
 
 
 def _languagebind(backend: Backend):
