@@ -1,8 +1,10 @@
 """Media loading: DataLoader workers decode each sample's media (or read its cached encoder features), one sample
-per fetch, and the samples are regrouped into the planned batches as they arrive."""
+per fetch, and the samples are regrouped into the planned batches as they arrive. A file that several samples of
+a batch share is decoded (and hashed) once per worker for that batch."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -64,6 +66,11 @@ class SampleDataset:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> LoadedSample:
+        return self.load(index, {})
+
+    def load(self, index: int, decoded: DecodedMedia) -> LoadedSample:
+        """The sample at `index` with its media, taking files from `decoded` (the media already decoded for this
+        batch) and adding those it decodes."""
         sample = self.samples[index]
         if sample.error:
             return LoadedSample(sample, error=f"data error: {sample.error}")
@@ -78,7 +85,7 @@ class SampleDataset:
                         check_limits(modality, path, self.limits)
                     loaded.provenance.append({"path": path, "modality": modality, "decoded": False})
                     continue
-                media = self._load(modality, path)
+                media = self._load(modality, path, decoded)
                 loaded.media.append(media)
                 loaded.provenance.append({"modality": modality, **media.provenance})
         except MediaError as error:
@@ -86,31 +93,71 @@ class SampleDataset:
         loaded.decode_s = time.perf_counter() - start
         return loaded
 
-    def _load(self, modality: Modality, path: str) -> MediaInput:
-        """The cached features of the file, when the cache has them; else the decoded file."""
+    def _load(self, modality: Modality, path: str, decoded: DecodedMedia) -> MediaInput:
+        """The file as `decoded` has it; else its cached features, when the cache has them; else the decoded file."""
         name = self.preprocessing.get(modality) or preprocessing_names(modality)[0]
+        key = _file_version(modality, path, name)
+        if key in decoded:
+            return decoded[key]
         limits = self.limits or DEFAULT_LIMITS
         if self.feature_cache is None:
-            return load_media(modality, path, name, limits=limits)
-        check_file(path)
-        digest = file_sha256(path)
-        cached = self.feature_cache.load(modality, path, digest, name)
-        return cached or load_media(modality, path, name, digest, limits)
+            media = load_media(modality, path, name, limits=limits)
+        else:
+            check_file(path)
+            digest = file_sha256(path)
+            media = self.feature_cache.load(modality, path, digest, name) or load_media(
+                modality, path, name, digest, limits
+            )
+        if key is not None:
+            decoded[key] = media
+        return media
+
+
+DecodedMedia = dict[tuple, MediaInput]
+"""Media decoded for one batch, by `_file_version`."""
+
+
+def _file_version(modality: Modality, path: str, preprocessing: str) -> tuple | None:
+    """What a decoded file is kept under: the file's path and preprocessing, and its size, modification time and
+    inode, so that a file changed on disk is decoded again. None when the file cannot be read (decoding reports
+    why)."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return (modality, path, preprocessing, status.st_size, status.st_mtime_ns, status.st_ino)
+
+
+class _BatchDataset:
+    """What the DataLoader fetches from: (batch number, sample index) pairs, in order; each worker keeps the media
+    it decoded for its current batch and drops them when the next batch starts."""
+
+    def __init__(self, dataset: SampleDataset):
+        self.dataset = dataset
+        self.batch: int | None = None
+        self.decoded: DecodedMedia = {}
+
+    def __getitem__(self, key: tuple[int, int]) -> LoadedSample:
+        batch, index = key
+        if batch != self.batch:
+            self.batch, self.decoded = batch, {}
+        return self.dataset.load(index, self.decoded)
 
 
 class _QueueSampleSampler:
-    """Yields the sample indices of the batches this rank claims from the shared counter, batch after batch, and
-    notes each claimed batch's size so that the samples can be regrouped where they arrive (in order)."""
+    """Yields (batch number, sample index) for the batches this rank claims from the shared counter, batch after
+    batch, and notes each claimed batch's size so that the samples can be regrouped where they arrive (in order)."""
 
     def __init__(self, batches: list[list[int]], claim: Callable[[], int]):
         self.batches = batches
         self.claim = claim
         self.sizes: deque[int] = deque()
 
-    def __iter__(self) -> Iterator[int]:
-        while (index := self.claim()) < len(self.batches):
-            self.sizes.append(len(self.batches[index]))
-            yield from self.batches[index]
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        while (batch := self.claim()) < len(self.batches):
+            self.sizes.append(len(self.batches[batch]))
+            for index in self.batches[batch]:
+                yield batch, index
 
     def __len__(self) -> int:
         return sum(len(batch) for batch in self.batches)
@@ -135,7 +182,7 @@ def load_batches(
         return
     sampler = _QueueSampleSampler(batches, claim)
     loader = DataLoader(
-        dataset,
+        _BatchDataset(dataset),
         batch_size=None,
         sampler=sampler,
         num_workers=workers,
