@@ -3,12 +3,14 @@ time): the dense forward of an MCUB-4-shaped DAMC sample (3,380 positions, the r
 (routed-LoRA) forward of the same shape, each encoder, and the end-to-end evaluation of an MCUB-4-format task
 whose realistic media the bench writes (336 px images, 10 s 320x240 mp4 at 30 fps, 10 s wav, 8,192-point npy),
 decoded by the real pipeline. Prints tables and writes a JSON file with the device name, every time,
-samples/s and the ratios to the roofline."""
+samples/s and the ratios to the roofline. `--shape tiny` scales all of it down (a 342-position sample, 1 s media,
+fewer iterations) to check in seconds on a CPU that the bench runs; its figures are not throughput figures."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from contextlib import nullcontext
@@ -33,6 +35,38 @@ MCUB4_LAYOUT = [
     ("point", 523),
     ("language", 108),
 ]
+LAYOUTS = {"7b": MCUB4_LAYOUT, "tiny": [(route, -(-length // 10)) for route, length in MCUB4_LAYOUT]}
+"""The synthetic sample of each shape: MCUB-4's spans, over ten (rounded up: 342 positions) at the tiny shape."""
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "7b": {
+        "batch_sizes": "1,8",
+        "warmup": 3,
+        "iterations": 10,
+        "encoder_batch_sizes": "8,32",
+        "end_to_end": 64,
+        "end_to_end_batch_size": 8,
+        "workers": 4,
+        "dtype": "bfloat16",
+        "threads": None,
+        "new_tokens": 128,
+    },
+    "tiny": {
+        "batch_sizes": "1,4",
+        "warmup": 1,
+        "iterations": 2,
+        "encoder_batch_sizes": "4",
+        "end_to_end": 8,
+        "end_to_end_batch_size": 4,
+        "workers": 2,
+        "dtype": "float32",
+        "threads": 1,
+        "new_tokens": 16,
+    },
+}
+"""The command line's defaults at each shape: the tiny shape's check the bench's code paths quickly, in float32
+(CPUs lack fast bfloat16 kernels) on one torch thread (its operations are too small to share out; threads
+waiting on each other on a busy machine made it many times slower)."""
+CPU_NOTE = "on CPU these times only show that the bench runs: they are not throughput figures"
 EXPERTS = ("image", "video", "audio", "point")
 REFERENCE_NAMES = {"image": "vision", "video": "video", "audio": "audio", "point": "point"}
 
@@ -80,14 +114,14 @@ def damc_adapters(llama, rank: int, device: str, dtype):
     return adapters, routes
 
 
-def synthetic_spans(hidden: int, vocab: int, device: str, dtype, seed: int):
+def synthetic_spans(layout: list[tuple[str, int]], hidden: int, vocab: int, device: str, dtype, seed: int):
     import torch
 
     from mcub.models.modelcompose.llm import Span
 
     generator = torch.Generator().manual_seed(seed)
     spans = []
-    for route, length in MCUB4_LAYOUT:
+    for route, length in layout:
         if route == "language":
             spans.append(Span(route, token_ids=tuple(torch.randint(3, vocab, (length,), generator=generator).tolist())))
         else:
@@ -117,13 +151,15 @@ def run_bench(shape_name: str, batch_sizes: list[int], device: str, dtype_name: 
     from mcub.models.modelcompose.llm import ComposedLM
     from mcub.models.modelcompose.lora import LANGUAGE, RoutePlan, RoutingState, install_routed_lora
 
-    shape = SHAPES[shape_name]
+    shape, layout = SHAPES[shape_name], LAYOUTS[shape_name]
     dtype = getattr(torch, dtype_name)
     llama = build_model(shape, device, dtype)
     state = RoutingState()
     model = ComposedLM(llama, state)
     batches = {
-        size: model.pack([synthetic_spans(shape["hidden"], shape["vocab"], device, dtype, i) for i in range(size)])
+        size: model.pack(
+            [synthetic_spans(layout, shape["hidden"], shape["vocab"], device, dtype, i) for i in range(size)]
+        )
         for size in batch_sizes
     }
 
@@ -148,7 +184,7 @@ def run_bench(shape_name: str, batch_sizes: list[int], device: str, dtype_name: 
     for size in batch_sizes:
         rows.append({
             "batch_size": size,
-            "positions_per_sample": sum(length for _, length in MCUB4_LAYOUT),
+            "positions_per_sample": sum(length for _, length in layout),
             "dense_s": dense[size],
             "composed_damc_s": composed[size],
             "language_route_everywhere_s": everywhere[size],
@@ -157,11 +193,15 @@ def run_bench(shape_name: str, batch_sizes: list[int], device: str, dtype_name: 
             "composed_over_dense": composed[size] / dense[size],
             "everywhere_over_dense": everywhere[size] / dense[size],
         })  # fmt: skip
+    cuda = device.startswith("cuda")
     return {
-        "device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "throughput_figures": cuda,
+        **({} if cuda else {"note": CPU_NOTE}),
         "shape": shape_name,
         "dtype": dtype_name,
         "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
         "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None,
         "rows": rows,
     }
@@ -286,11 +326,11 @@ def random_composition(llama, shape: dict[str, int], device: str, dtype):
 
 
 def end_to_end(shape_name: str, root: Path, samples: int, batch_size: int, workers: int, device: str,
-               dtype_name: str, profile: Path | None = None) -> dict[str, Any]:  # fmt: skip
+               dtype_name: str, new_tokens: int, profile: Path | None = None) -> dict[str, Any]:  # fmt: skip
     """Samples/s of the real runner (decoding workers, encoders, composed prefill, first-character decoding), cold
     (every file decoded and encoded) and with a warm feature cache (no decoding, no encoder: what a rerun with
-    other composition coefficients does). With `profile`, two more cold batches run under the torch profiler
-    and its table goes to that file."""
+    other composition coefficients does), each answer at most `new_tokens` long. With `profile`, two more cold
+    batches run under the torch profiler and its table goes to that file."""
     import torch
 
     from mcub.data import DataPaths, load_task
@@ -315,28 +355,29 @@ def end_to_end(shape_name: str, root: Path, samples: int, batch_size: int, worke
     [task] = load_registry().resolve(["mcub-4"])
     data = load_task(task, DataPaths(data_root=data_root, download=False))
     warm = RunSettings(batch_size, workers, limit=batch_size, pin_memory=device.startswith("cuda"))
-    run_paper(model, data, warm, root / "warmup")
-    result = {"samples": samples, "batch_size": batch_size, "workers": workers}
+    run_paper(model, data, warm, new_tokens, root / "warmup")
+    result = {"samples": samples, "batch_size": batch_size, "workers": workers, "new_tokens": new_tokens}
     every = replace(warm, limit=None)
-    result |= _timed_run(model, data, every, root / "cold")
+    result |= _timed_run(model, data, every, new_tokens, root / "cold")
     model.feature_cache = FeatureCache(root / "features", {m: f"bench-random-{m}" for m in model.modalities})
-    run_paper(model, data, every, root / "priming")
-    result["warm_feature_cache"] = _timed_run(model, data, every, root / "cached")
+    run_paper(model, data, every, new_tokens, root / "priming")
+    result["warm_feature_cache"] = _timed_run(model, data, every, new_tokens, root / "cached")
     if profile is not None:
         model.feature_cache = None
         settings = replace(warm, limit=2 * batch_size)
-        result["profile"] = profile_run(model, data, settings, root / "profiled", profile)
+        result["profile"] = profile_run(model, data, settings, new_tokens, root / "profiled", profile)
     return result
 
 
-def run_paper(model, data, settings, records_dir: Path, around_batch=None) -> None:
-    """The runner on the task under the `paper` protocol (first-character stop, 128 new tokens), alone."""
+def run_paper(model, data, settings, new_tokens: int, records_dir: Path, around_batch=None) -> None:
+    """The runner on the task under the `paper` protocol (first-character stop; 128 new tokens at most in the
+    paper, `new_tokens` here), alone."""
     from mcub.protocols import get_protocol
     from mcub.runner.distributed import Distributed
     from mcub.runner.loop import Query, run_task
 
     protocol = get_protocol("paper")
-    query = Query(data.task, protocol, protocol.decoding(data.task, 128))
+    query = Query(data.task, protocol, protocol.decoding(data.task, new_tokens))
     run_task(model, data, query, settings, records_dir, Distributed(), progress=False, around_batch=around_batch)
 
 
@@ -349,7 +390,7 @@ def labelled_modules(model) -> dict[str, Any]:
     return modules
 
 
-def profile_run(model, data, settings, records_dir: Path, table: Path) -> dict[str, Any]:
+def profile_run(model, data, settings, new_tokens: int, records_dir: Path, table: Path) -> dict[str, Any]:
     """One run under the torch profiler, its stages labelled through forward hooks of the model's modules and the
     runner's batch scope (`mcub batch`: prepare and answer one batch); writes the operator table (by device time,
     or host time without CUDA) to `table` and returns each stage's host and device milliseconds."""
@@ -376,7 +417,7 @@ def profile_run(model, data, settings, records_dir: Path, table: Path) -> dict[s
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     try:
         with profile(activities=activities) as profiler:
-            run_paper(model, data, settings, records_dir, lambda items: record_function("mcub batch"))
+            run_paper(model, data, settings, new_tokens, records_dir, lambda items: record_function("mcub batch"))
             if cuda:
                 torch.cuda.synchronize()
     finally:
@@ -396,7 +437,7 @@ def profile_run(model, data, settings, records_dir: Path, table: Path) -> dict[s
     }
 
 
-def _timed_run(model, data, settings, records_dir: Path) -> dict[str, Any]:
+def _timed_run(model, data, settings, new_tokens: int, records_dir: Path) -> dict[str, Any]:
     """Wall time of one run of the task, the part after the first batch reached the model (without worker start
     and the first batch's decoding), and the per-sample times in the records."""
     import torch
@@ -412,7 +453,7 @@ def _timed_run(model, data, settings, records_dir: Path) -> dict[str, Any]:
     if cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
-    run_paper(model, data, settings, records_dir, note_first_batch)
+    run_paper(model, data, settings, new_tokens, records_dir, note_first_batch)
     if cuda:
         torch.cuda.synchronize()
     end = time.perf_counter()
@@ -455,6 +496,8 @@ def end_to_end_ratios(result: dict[str, Any], e2e: dict[str, Any]) -> dict[str, 
 def print_table(result: dict[str, Any], out=None) -> None:
     out = out or sys.stdout
     print(f"device: {result['device']}  shape: {result['shape']}  dtype: {result['dtype']}", file=out)
+    if "note" in result:
+        print(f"note: {result['note']}", file=out)
     print("| batch | dense s | composed DAMC s | ratio | language-everywhere s | ratio | dense samples/s |", file=out)
     print("|---:|---:|---:|---:|---:|---:|---:|", file=out)
     for row in result["rows"]:
@@ -499,21 +542,45 @@ def print_table(result: dict[str, Any], out=None) -> None:
             )
 
 
+def _by_shape(name: str, more: str = "") -> str:
+    return "default " + "; ".join(f"{shape}: {defaults[name]}" for shape, defaults in DEFAULTS.items()) + more
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mcub.bench", description=__doc__)
     parser.add_argument("--shape", choices=list(SHAPES), default="7b")
-    parser.add_argument("--batch-sizes", default="1,8")
+    parser.add_argument("--batch-sizes", help=_by_shape("batch_sizes"))
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--iterations", type=int, default=10)
-    parser.add_argument("--encoder-batch-sizes", default="8,32", help="empty: do not time the encoders")
-    parser.add_argument("--end-to-end", type=int, default=64, help="samples of the end-to-end run (0: none)")
-    parser.add_argument("--end-to-end-batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=4, help="decoding workers of the end-to-end run")
+    parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help=_by_shape("dtype"))
+    parser.add_argument("--threads", type=int, help=_by_shape("threads", " torch threads (None: torch's default)"))
+    parser.add_argument("--warmup", type=int, help=_by_shape("warmup"))
+    parser.add_argument("--iterations", type=int, help=_by_shape("iterations"))
+    parser.add_argument("--encoder-batch-sizes", help=_by_shape("encoder_batch_sizes", " (empty: none)"))
+    parser.add_argument("--end-to-end", type=int, help=_by_shape("end_to_end", " samples (0: none)"))
+    parser.add_argument("--end-to-end-batch-size", type=int, help=_by_shape("end_to_end_batch_size"))
+    parser.add_argument("--workers", type=int, help=_by_shape("workers", " (at most the CPU cores)"))
+    parser.add_argument("--new-tokens", type=int, help=_by_shape("new_tokens", " at most per end-to-end answer"))
     parser.add_argument("--json", type=Path, default=Path("bench.json"))
     parser.add_argument("--profile", type=Path, help="write the torch profiler table of two end-to-end batches here")
     args = parser.parse_args(argv)
+    for name, value in DEFAULTS[args.shape].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads or threads)
+    try:
+        result = run_all(args, min(args.workers, os.cpu_count() or 1))
+    finally:
+        torch.set_num_threads(threads)
+    print_table(result)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def run_all(args: argparse.Namespace, workers: int) -> dict[str, Any]:
+    """Every part of the bench that the arguments ask for."""
     sizes = sorted(
         {int(size) for size in args.batch_sizes.split(",")}
         | ({args.end_to_end_batch_size} if args.end_to_end else set())
@@ -530,12 +597,10 @@ def main(argv: list[str] | None = None) -> int:
 
         gc.collect()
         with tempfile.TemporaryDirectory(prefix="mcub-bench-") as root:
-            e2e = end_to_end(args.shape, Path(root), args.end_to_end, args.end_to_end_batch_size, args.workers,
-                             args.device, args.dtype, args.profile)  # fmt: skip
+            e2e = end_to_end(args.shape, Path(root), args.end_to_end, args.end_to_end_batch_size, workers,
+                             args.device, args.dtype, args.new_tokens, args.profile)  # fmt: skip
         result["end_to_end"] = e2e | end_to_end_ratios(result, e2e)
-    print_table(result)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return result
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 import json
 
-from mcub.bench import MCUB4_LAYOUT, main
+from mcub.bench import CPU_NOTE, LAYOUTS, MCUB4_LAYOUT, main
 
 
 def test_bench_runs_the_tiny_shape_and_writes_its_ratios(tmp_path, capsys):
@@ -12,9 +12,12 @@ def test_bench_runs_the_tiny_shape_and_writes_its_ratios(tmp_path, capsys):
     assert main(arguments) == 0
     result = json.loads(out.read_text())
     assert result["device"] == "cpu" and [row["batch_size"] for row in result["rows"]] == [1, 2]
-    assert sum(length for _, length in MCUB4_LAYOUT) == 3380
+    assert result["throughput_figures"] is False and result["note"] == CPU_NOTE and result["torch_threads"] == 1
+    assert LAYOUTS["7b"] is MCUB4_LAYOUT and sum(length for _, length in MCUB4_LAYOUT) == 3380
+    assert [route for route, _ in LAYOUTS["tiny"]] == [route for route, _ in MCUB4_LAYOUT]
+    assert [length for _, length in LAYOUTS["tiny"]] == [4, 59, 1, 5, 1, 207, 1, 53, 11]
     for row in result["rows"]:
-        assert row["positions_per_sample"] == 3380
+        assert row["positions_per_sample"] == 342
         assert row["composed_over_dense"] == row["composed_damc_s"] / row["dense_s"]
     assert [row["encoder"].split()[0] for row in result["encoders"]] == ["image", "video", "audio", "point"]
     assert all(row["items_per_s"] == 2 / row["seconds"] for row in result["encoders"])
@@ -36,4 +39,4 @@ def test_bench_runs_the_tiny_shape_and_writes_its_ratios(tmp_path, capsys):
     assert stages["mcub batch"]["calls"] == 2 and stages["mcub batch"]["host_ms"] > 0
     assert stages["mcub llm forward (prefill, then one per new token)"]["calls"] >= 2
     out = capsys.readouterr().out
-    assert "| 1 |" in out and "| warm feature cache |" in out
+    assert "| 1 |" in out and "| warm feature cache |" in out and f"note: {CPU_NOTE}" in out
