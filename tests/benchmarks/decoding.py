@@ -1,7 +1,8 @@
 """Host-side decoding times, before and after: a 60 s 720p mp4 through LanguageBind's preprocessing, a batch of 8
 questions on that one video through the runner's loader (no workers: what one worker spends), and a 30 s stereo
-44.1 kHz wav through the BEATs fbank. Each figure is measured in a fresh interpreter for this checkout and, with
-`--base DIR` (e.g. `git archive <commit> | tar -x -C DIR`), for that one; min and median of `--repeats` runs.
+44.1 kHz wav through the BEATs fbank, for this checkout and, with `--base DIR` (e.g. `git archive <commit> | tar
+-x -C DIR`), for that one: min and median of `--repeats` rounds, each round a fresh interpreter per checkout in
+turn (so that a busy machine slows both alike) timing every figure once after a first, untimed call.
 
 Run as `python tests/benchmarks/decoding.py [--base DIR] [--workdir DIR] [--repeats 5]`; the media are written
 deterministically into the work directory once (the video takes about a minute)."""
@@ -94,7 +95,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mcub-decoding-") as temporary:
         files = write_media(args.workdir or Path(temporary))
         checkouts = ({"base": args.base.resolve()} if args.base else {}) | {"this": CHECKOUT}
-        results = {name: measured_in(path, files, args.repeats) for name, path in checkouts.items()}
+        results: dict[str, dict[str, list[float]]] = {name: {figure: [] for figure in FIGURES} for name in checkouts}
+        for _ in range(args.repeats):
+            for name, path in checkouts.items():
+                for figure, seconds in measured_in(path, files, 1).items():
+                    results[name][figure] += seconds
     print(f"ms, min / median of {args.repeats} (cores: {os.cpu_count()})")
     print("| figure | " + " | ".join(results) + " |")
     print("|---|" + "---:|" * len(results))
