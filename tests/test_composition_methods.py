@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import test_modelcompose
 import torch
-from test_modelcompose import _logits, _model
+from test_modelcompose import _logits, _model, merge_like_the_authors
 
 from mcub.models.base import ModelError, check_model_args, load_model_specs, parse_model_args
 from mcub.models.modelcompose.arguments import ModelComposeArguments
@@ -240,6 +240,20 @@ def test_the_authors_factor_strategies_give_the_logits_of_their_merged_checkpoin
     assert composed.describe().details["routes"] == merged.describe().details["routes"]
     assert torch.allclose(_logits(composed), _logits(merged), atol=1e-5)
     assert composed.describe().details["language_delta_sha256"] == merged.describe().details["language_delta_sha256"]
+
+
+@pytest.mark.parametrize(
+    ("method", "lambdas", "coefficients"),
+    [("task-arithmetic", {"image": 0.9, "audio": -0.4}, {"vision": 0.9, "audio": -0.4}),
+     ("weight-average", None, {"vision": 0.5, "audio": 0.5})],
+)  # fmt: skip
+def test_linear_methods_give_the_logits_of_an_explicit_merge(tiny, tmp_path, method, lambdas, coefficients):
+    experts = _experts(tiny)
+    composed = _model(tiny, experts=experts, composition=method, **({"lambdas": lambdas} if lambdas else {}))
+    references = {REFERENCE_NAME[m]: Path(experts[m]) for m in PAIR}
+    merged_dir = merge_like_the_authors(references, coefficients, tmp_path / "merged")
+    merged = _model(tiny, merged=str(merged_dir), modalities=PAIR)
+    assert torch.allclose(_logits(composed), _logits(merged), atol=1e-5)
 
 
 def test_damc_and_naivemc_are_todays_compositions(tiny):
