@@ -151,16 +151,14 @@ def _gold_answers(
             problems.append(Problem(str(path), f"unreadable answer: {error}", (sample_id,)))
     gold = {}
     for sample_id, entries in found.items():
-        listing = ", ".join(f"{answer!r} (record #{index})" for index, answer, _ in entries)
-        if len({answer for _, answer, _ in entries}) > 1:
-            gold[sample_id] = _Gold(
-                None, conflict=f"ambiguous gold: {path.name} gives this id different answers, {listing}"
-            )
-            continue
         if len(entries) > 1:
-            problems.append(
-                Problem(str(path), f"id given {len(entries)} times with the same answer, {listing}", (sample_id,))
-            )
+            listing = ", ".join(f"{answer!r} (record #{index})" for index, answer, _ in entries)
+            if len({answer for _, answer, _ in entries}) > 1:
+                conflict = f"ambiguous gold: {path.name} gives this id different answers, {listing}"
+                gold[sample_id] = _Gold(None, conflict=conflict)
+                continue
+            message = f"id given {len(entries)} times with the same answer, {listing}"
+            problems.append(Problem(str(path), message, (sample_id,)))
         _, answer, record = entries[0]
         extras = {key: value for key, value in record.items() if key not in _RESERVED_KEYS}
         gold[sample_id] = _Gold(answer, extras, human_turn_text(record))
@@ -290,23 +288,16 @@ def _media_in_placeholder_order(
         if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
             raise ValueError(f"modal_inputs[{key!r}] is not a list of file paths")
         files[REFERENCE_KEYS[key]] = value
-    order = [_MODALITY_OF_PLACEHOLDER[match.group()] for match in _PLACEHOLDER_PATTERN.finditer(prompt)]
-    placed = Counter(order)
+    order = [_MODALITY_OF_PLACEHOLDER[placeholder] for placeholder in _PLACEHOLDER_PATTERN.findall(prompt)]
     for modality in MODALITIES:
-        given = len(files.get(modality, []))
-        if placed[modality] != given:
-            raise ValueError(
-                f"{placed[modality]} {PLACEHOLDERS[modality]} placeholder(s) but {given} {modality} file(s)"
-            )
+        given = len(files.get(modality, ()))
+        placed = order.count(modality)
+        if placed != given:
+            raise ValueError(f"{placed} {PLACEHOLDERS[modality]} placeholder(s) but {given} {modality} file(s)")
         if given and modality not in task.modalities:
             raise ValueError(f"has {modality} input, which task {task.name} does not declare")
-    taken: Counter[Modality] = Counter()
-    media = []
-    for modality in order:
-        raw = files[modality][taken[modality]]
-        taken[modality] += 1
-        media.append((modality, str(media_paths.resolve(raw))))
-    return tuple(media)
+    remaining = {modality: iter(paths) for modality, paths in files.items()}
+    return tuple((modality, str(media_paths.resolve(next(remaining[modality])))) for modality in order)
 
 
 def _options(task: TaskSpec, prompt: str, answer: str) -> dict[str, str]:

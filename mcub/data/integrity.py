@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +63,10 @@ def shared_id_problems(
 ) -> list[Problem]:
     """Ids of `question_file` that another task's question file reading the same answer file asks with other
     words: the answer file's one gold per id cannot answer both. Only files already on disk are read."""
-    asked = _asked(records)
+    others = _sharing_question_files(task, paths)
+    asked = _asked(records) if others else {}
     problems = []
-    for other in _sharing_question_files(task, paths):
+    for other in others:
         theirs = _asked_in(other)
         reused = tuple(sample_id for sample_id, words in asked.items() if theirs.get(sample_id, words) != words)
         if reused:
@@ -78,7 +78,7 @@ def shared_id_problems(
     return problems
 
 
-def _sharing_question_files(task: TaskSpec, paths: DataPaths) -> Iterable[Path]:
+def _sharing_question_files(task: TaskSpec, paths: DataPaths) -> list[Path]:
     """The question files of the other registered tasks that read the task's answer file from the same folder."""
     root = task.data_root(paths.data_root)
     files = {
