@@ -27,11 +27,11 @@ def _experts(tiny):
     return {m: tiny["experts"][m] for m in PAIR}
 
 
-def _deltas(tiny, position):
-    """Each expert's language delta s B A at a projection, in float32."""
+def _deltas(experts, position):
+    """Each expert's language delta s B A at a projection, in float64."""
     found = {}
     for modality in PAIR:
-        checkpoint = read_checkpoint(tiny["experts"][modality])
+        checkpoint = read_checkpoint(experts[modality])
         weights = checkpoint.lora[position]["default"]
         found[modality] = checkpoint.lora_scaling * weights.b.double() @ weights.a.double()
     return found
@@ -112,7 +112,7 @@ POSITIONS = [(0, "self_attn.q_proj"), (1, "mlp.down_proj"), (1, "mlp.gate_proj")
 def test_each_method_composes_the_language_delta_of_its_dense_reference(tiny, base, method, arguments, reference):
     model = _model(tiny, experts=_experts(tiny), composition=method, **arguments)
     for position in POSITIONS:
-        deltas = _deltas(tiny, position)
+        deltas = _deltas(tiny["experts"], position)
         expected = reference([deltas["image"], deltas["audio"]])
         found = _effective_language_delta(model, base, position)
         assert torch.allclose(found, expected, atol=2e-5, rtol=1e-4), (method, position)
@@ -137,7 +137,7 @@ def test_damc_routing_keeps_the_modality_loras_on_their_own_tokens(tiny, base):
     model.lm.state.plan = None
     own = read_checkpoint(tiny["experts"]["image"]).lora[position]["vision"]
     assert torch.allclose(out[width:].T - original, 2.0 * own.b @ own.a, atol=1e-5)
-    expected = _reference_ties(list(_deltas(tiny, position).values()), 0.2).float()
+    expected = _reference_ties(list(_deltas(tiny["experts"], position).values()), 0.2).float()
     assert torch.allclose(out[:width].T - original, expected, atol=2e-5)
 
 
@@ -153,11 +153,7 @@ def test_naivemc_routing_folds_a_dense_delta_into_the_base_weights(tiny, tmp_pat
         projection = model.lm.llama.model.layers[layer].get_submodule(path)
         folded = projection.base.weight.detach()
         original = base.model.layers[layer].get_submodule(path).weight.detach()
-        deltas = []
-        for modality in PAIR:
-            checkpoint = read_checkpoint(experts[modality])
-            weights = checkpoint.lora[position]["default"]
-            deltas.append(checkpoint.lora_scaling * weights.b.double() @ weights.a.double())
+        deltas = list(_deltas(experts, position).values())
         assert torch.allclose(folded - original, _reference_ties(deltas, 0.5).float(), atol=2e-5)
         assert not projection.route_names  # nothing left to route: the delta is in the weights
 
@@ -167,7 +163,7 @@ def test_dare_drops_and_rescales_by_its_seed_and_is_bit_identical_across_loads(t
     first, second = _model(tiny, experts=_experts(tiny), **arguments), _model(tiny, experts=_experts(tiny), **arguments)
     other_seed = _model(tiny, experts=_experts(tiny), **(arguments | {"dare": {"p": 0.6, "seed": 12}}))
     for position in POSITIONS:
-        deltas = _deltas(tiny, position)
+        deltas = _deltas(tiny["experts"], position)
         expected = 0
         for modality, weight in (("image", 0.5), ("audio", 0.25)):
             generator = torch.Generator().manual_seed(dare_seed(11, position, modality))
