@@ -174,6 +174,18 @@ def test_reading_versions_imports_neither_torch_nor_transformers():
     assert result.stdout.split() == ["[]", "True", "None"]
 
 
+def test_a_model_that_computes_with_no_torch_runs_and_resumes_without_importing_it(tmp_path):
+    code = (
+        "import sys\nfrom mcub import EvalRequest, evaluate\n"
+        f"request = EvalRequest(model='random', tasks=['mcub-sample'], output_dir={str(tmp_path)!r}, run_name='r', "
+        "progress=False)\nfirst = evaluate(request)\nagain = evaluate(request.model_copy(update={'resume': True}))\n"
+        "print('torch' in sys.modules, first.settings.device, first.settings.dtype, "
+        "again.tasks['mcub-sample'].metrics == first.tasks['mcub-sample'].metrics)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert result.stdout.split() == ["False", "cpu", "float32", "True"], result.stderr
+
+
 @pytest.mark.parametrize("entry", [["-m", "mcub.compare"], ["-m", "mcub", "compare"]])
 def test_the_command_line_exits_quickly_with_its_code_and_all_its_output(tmp_path, entry):
     base = write_run(tmp_path / "base", {"a": [True] * 40})

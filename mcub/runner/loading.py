@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,22 +174,28 @@ def load_batches(
 ) -> Iterator[list[LoadedSample]]:
     """Batches of decoded samples, for the batches this rank claims. Workers fetch single samples, so the samples
     of one batch are decoded in parallel (the first batch is ready after one sample's decoding per worker, not a
-    whole batch's), and about two batches are kept in flight."""
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
+    whole batch's), and about two batches are kept in flight. Without workers or pinned memory, the samples are
+    loaded in this process, without a DataLoader (nor torch, for a model that computes with none)."""
     if not batches:
         return
+    from tqdm import tqdm
+
     sampler = _QueueSampleSampler(batches, claim)
-    loader = DataLoader(
-        _BatchDataset(dataset),
-        batch_size=None,
-        sampler=sampler,
-        num_workers=workers,
-        collate_fn=_as_is,
-        pin_memory=pin_memory,
-        prefetch_factor=max(2, -(-2 * max(len(batch) for batch in batches) // workers)) if workers else None,
-    )
+    if workers or pin_memory:
+        from torch.utils.data import DataLoader
+
+        loader: Iterable[LoadedSample] = DataLoader(
+            _BatchDataset(dataset),
+            batch_size=None,
+            sampler=sampler,
+            num_workers=workers,
+            collate_fn=_as_is,
+            pin_memory=pin_memory,
+            prefetch_factor=max(2, -(-2 * max(len(batch) for batch in batches) // workers)) if workers else None,
+        )
+    else:
+        fetch = _BatchDataset(dataset)
+        loader = (fetch[key] for key in sampler)
     with tqdm(total=len(sampler), desc=name, unit="sample", disable=not progress, dynamic_ncols=True) as bar:
         items: list[LoadedSample] = []
         for item in loader:
