@@ -3,6 +3,7 @@ each records (seed, donor, permutation), refusals, and resumes that keep conditi
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -370,3 +371,40 @@ def test_rescoring_and_validation_apply_the_run_s_conditions_again(recording, tm
     assert rescored.settings.conditions == ["swap:audio", "drop:point"]
     assert rescored.tasks["mcub-sample"].metrics == summary.tasks["mcub-sample"].metrics
     assert validate_run(run.run_dir, DataPaths()) == []
+
+
+# --- the decoded-media hook --------------------------------------------------------------------------------
+
+
+def test_edited_inputs_are_decoded_from_their_file_never_cached_and_shared_only_when_edited_alike(tmp_path):
+    import torch
+
+    from mcub.conditions import apply_conditions
+    from mcub.data import load_task
+    from mcub.media import load_media
+    from mcub.models.feature_cache import FeatureCache
+    from mcub.runner.loading import SampleDataset
+    from mcub.tasks import load_registry
+
+    task = load_registry().tasks["mcub-sample"]
+    samples = load_task(task).samples
+    image = samples[0].media[0][1]
+    cache = FeatureCache(tmp_path / "cache", {"image": "weights", "audio": "weights"})
+    cache.store(load_media("image", image, "rgb"), torch.ones(2, 3))
+    assert cache.load("image", image, load_media("image", image, "rgb").provenance["sha256"], "rgb") is not None
+    blanked = apply_conditions([parse_condition("blank:image"), parse_condition("noise:audio=0")], task, samples, 0)
+    dataset = SampleDataset(blanked, {"image": "rgb", "audio": "waveform-16k"}, cache)
+    decoded = {}
+    first = dataset.load(0, decoded)
+    assert first.error is None and "features" not in first.media[0].tensors
+    assert first.media[0].provenance["condition"] == "blank"
+    assert first.media[0].provenance["preprocessing"] == "rgb+blank"
+    seed = blanked[0].meta["condition"]["noise:audio=0"]["seeds"][0]
+    assert first.media[1].provenance["preprocessing"] == f"waveform-16k+noise:0:{seed}"
+    cache.store(first.media[0], torch.zeros(2, 3))
+    assert len(list((tmp_path / "cache").rglob("*.safetensors"))) == 1  # the edited input's features are not kept
+    twin = dataclasses.replace(blanked[0], id="twin", meta={**blanked[0].meta})
+    twin.meta["condition"] = {**twin.meta["condition"], "edits": [[{"edit": "blank"}], [], [], []]}
+    second = SampleDataset([twin], {"image": "rgb", "audio": "waveform-16k"}, cache).load(0, decoded)
+    assert second.media[0] is first.media[0]  # the same file edited alike: decoded once for the batch
+    assert "condition" not in second.media[1].provenance and second.media[1] is not first.media[1]

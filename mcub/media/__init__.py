@@ -66,20 +66,20 @@ def load_media(
 ) -> MediaInput:
     """Decode `path` and apply a named preprocessing (default: the one the released checkpoints used); `sha256`
     is the file's content hash when the caller has it already. A file over `limits` is refused from its header.
-    With `edit`, the decoded signal is changed before the preprocessing, and the provenance says how."""
+    With `edit`, the decoded signal is changed before the preprocessing, and the provenance says how (its
+    `preprocessing` is then `<name>+<edit key>`)."""
     module = importlib.import_module(_MODULES[modality])
     name = preprocessing or preprocessing_names(modality)[0]
     if name not in module.PREPROCESSING:
         raise ValueError(f"unknown {modality} preprocessing {name!r}; known: {', '.join(module.PREPROCESSING)}")
     check_limits(modality, path, limits, getattr(module, "READ_SECONDS", {}).get(name))
     tensors, provenance = module.PREPROCESSING[name](path, edit)
-    changed = edit.provenance if edit is not None else {}
-    return MediaInput(
-        modality,
-        path,
-        tensors,
-        {"path": path, "sha256": sha256 or file_sha256(path), "preprocessing": name, **provenance, **changed},
-    )
+    described = {"path": path, "sha256": sha256 or file_sha256(path), "preprocessing": name, **provenance}
+    if edit is not None:
+        # The edit is part of the preprocessing's name, so that inputs of one file edited alike, and only those, are
+        # encoded alike (models share the encoding of inputs of the same file content and preprocessing).
+        described |= {**edit.provenance, "preprocessing": f"{name}+{edit.key}"}
+    return MediaInput(modality, path, tensors, described)
 
 
 def check_file(path: str) -> int:
