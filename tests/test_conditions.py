@@ -408,3 +408,61 @@ def test_edited_inputs_are_decoded_from_their_file_never_cached_and_shared_only_
     second = SampleDataset([twin], {"image": "rgb", "audio": "waveform-16k"}, cache).load(0, decoded)
     assert second.media[0] is first.media[0]  # the same file edited alike: decoded once for the batch
     assert "condition" not in second.media[1].provenance and second.media[1] is not first.media[1]
+
+
+def test_a_composed_model_encodes_differently_noised_inputs_of_one_file_apart(tmp_path):
+    import torch
+
+    from mcub.conditions import apply_conditions
+    from mcub.models.base import Runtime
+    from mcub.models.modelcompose.arguments import ModelComposeArguments
+    from mcub.models.modelcompose.model import ModelComposeModel
+    from mcub.models.modelcompose.tiny import tiny_damc_layout
+    from mcub.runner.loading import SampleDataset
+    from mcub.schema import Sample
+    from mcub.tasks import load_registry
+
+    tiny = tiny_damc_layout(tmp_path / "tiny-damc")
+    arguments = ModelComposeArguments(base=tiny["base"], experts=tiny["experts"], encoders=tiny["encoders"],
+                                      point_encoder=tiny["point_encoder"])  # fmt: skip
+    model = ModelComposeModel(Runtime(), arguments)
+    audio = str(SAMPLE_DATA / "sample" / "audio-0.wav")
+    task = load_registry().tasks["avqa-audio"]
+    samples = [
+        Sample(
+            task.name,
+            str(index),
+            f"<audio>\nWhat sounds {index}?",
+            (("audio", audio),),
+            {"A": "x", "B": "y"},
+            "A",
+            {"question_index": index},
+        )  # fmt: skip
+        for index in range(2)
+    ]
+
+    def audio_spans(conditions: list[str]) -> list[torch.Tensor]:
+        conditioned = apply_conditions([parse_condition(c) for c in conditions], task, samples, 0)
+        dataset, decoded = SampleDataset(conditioned, model.media_preprocessing), {}
+        loaded = [dataset.load(index, decoded) for index in range(2)]
+        batch = model.prepare(conditioned, [item.media for item in loaded])
+        return [next(span.embeddings for span in spans if span.embeddings is not None) for spans in batch.inputs]
+
+    plain, noised, blanked = audio_spans([]), audio_spans(["noise:audio=0"]), audio_spans(["blank:audio"])
+    assert torch.equal(plain[0], plain[1]) and torch.equal(blanked[0], blanked[1])
+    assert not torch.equal(noised[0], noised[1])  # one file, two noise seeds: two encodings
+    assert not torch.equal(noised[0], plain[0]) and not torch.equal(blanked[0], plain[0])
+
+
+def test_decoding_workers_apply_the_edits_as_the_main_process_does(recording, tmp_path):
+    import torch
+
+    conditions = ["blank:image", "noise:audio=3", "shuffle-order"]
+    _, inline, _ = run_recording(tmp_path, "inline", ["mcub-sample"], conditions)
+    _, workers, run = run_recording(tmp_path, "workers", ["mcub-sample"], conditions, num_workers=2, batch_size=2)
+    assert sorted(workers) == sorted(inline)
+    for sample_id, item in workers.items():
+        assert item.prompt == inline[sample_id].prompt and item.media == inline[sample_id].media
+        for ours, theirs in zip(item.tensors, inline[sample_id].tensors, strict=True):
+            assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert all(record.error is None for record in run.records["mcub-sample"].values())
