@@ -44,6 +44,9 @@ def validate_run(run_dir: Path, paths: DataPaths) -> list[str]:
     reasons = []
     if run_summary.settings.limit is not None:
         reasons.append(f"the run was limited to {run_summary.settings.limit} samples per task")
+    if run_summary.settings.conditions:
+        reasons.append(f"the run was made under the condition(s) {'+'.join(run_summary.settings.conditions)}; "
+                       "the leaderboard takes runs of the tasks as they are")  # fmt: skip
     registry = load_registry()
     seed = run_summary.settings.seed
     recomputed = {}
@@ -55,7 +58,7 @@ def validate_run(run_dir: Path, paths: DataPaths) -> list[str]:
         if summary.protocol != spec.protocol:
             reasons.append(f"{name}: protocol {summary.protocol}; the leaderboard takes {spec.protocol}")
         try:
-            data = condition_task(load_task(spec, paths), run.summary.settings.conditions, seed)
+            data = condition_task(load_task(spec, paths), run_summary.settings.conditions, seed)
         except McubError as error:
             reasons.append(f"{name}: its task files cannot be read to check the run ({error})")
             continue

@@ -385,13 +385,17 @@ def start_run(run_dir: Path, identity: dict[str, Any], request_yaml: str, resume
     write_atomically(run_dir / REQUEST_FILE, request_yaml)
 
 
+IDENTITY_ADDED = {"conditions": []}
+"""Keys of a run's identity added since runs were first made, with the value every run made before them had."""
+
+
 def check_identity(run_dir: Path, identity: dict[str, Any]) -> None:
     """A RunFileError naming every difference between the run's recorded identity and `identity`. Weights are
     compared once known (`weights` None: not hashed yet); a run recorded before its weights were hashed gets them."""
     path = run_dir / IDENTITY_FILE
     earlier = json.loads(path.read_text(encoding="utf-8"))
     now = {key: value for key, value in identity.items() if not (key == "weights" and value is None)}
-    then = {key: earlier.get(key) for key in now}
+    then = {key: earlier.get(key, IDENTITY_ADDED.get(key)) for key in now}
     fill = "weights" in now and earlier.get("weights") is None
     if fill:
         then["weights"] = now["weights"]

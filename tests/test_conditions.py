@@ -370,7 +370,11 @@ def test_rescoring_and_validation_apply_the_run_s_conditions_again(recording, tm
     rescored, out_dir = mcub.score_run(run.run_dir, DataPaths())
     assert rescored.settings.conditions == ["swap:audio", "drop:point"]
     assert rescored.tasks["mcub-sample"].metrics == summary.tasks["mcub-sample"].metrics
-    assert validate_run(run.run_dir, DataPaths()) == []
+    # the records follow from the conditioned samples; the leaderboard still takes only unmodified runs
+    assert validate_run(run.run_dir, DataPaths()) == [
+        "the run was made under the condition(s) swap:audio+drop:point; the leaderboard takes runs of the tasks as "
+        "they are"
+    ]
 
 
 # --- the decoded-media hook --------------------------------------------------------------------------------

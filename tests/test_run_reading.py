@@ -60,6 +60,17 @@ def test_a_resume_with_nothing_new_leaves_the_records_file_as_it_was(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["mcub-sample.jsonl"]  # the empty part file is gone
 
 
+def test_a_run_made_before_conditions_existed_resumes_and_one_under_conditions_does_not_as_it(tmp_path, capsys):
+    assert _eval(tmp_path, "--run-name", "r", "--limit", "3") == 0
+    identity_file = tmp_path / "random" / "r" / "run.json"
+    identity = json.loads(identity_file.read_text())
+    assert identity.pop("conditions") == []
+    identity_file.write_text(json.dumps(identity))  # as runs of mcub before conditions recorded it
+    assert _eval(tmp_path, "--run-name", "r", "--limit", "3", "--resume") == 0
+    assert _eval(tmp_path, "--run-name", "r", "--limit", "3", "--resume", "--condition", "drop:audio") == 2
+    assert "conditions: [] then, ['drop:audio'] now" in capsys.readouterr().err
+
+
 def test_a_resume_that_adds_records_gives_what_a_single_run_gives(tmp_path):
     assert _eval(tmp_path, "--run-name", "whole") == 0
     assert _eval(tmp_path, "--run-name", "cut") == 0
