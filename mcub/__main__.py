@@ -12,6 +12,7 @@ COMMANDS = {
     "compare": ("mcub.compare", "paired regression check of two runs"),
     "gain": ("mcub.composition_gain", "synergy and interference of a composed model against its experts"),
     "leaderboard": ("mcub.leaderboard", "validate, add and build leaderboard submissions"),
+    "export": ("mcub.export", "a run as Every Eval Ever files or a model card's eval results"),
     "data": ("mcub.check", "check task data and media before a long run"),
     "sweep": ("mcub.sweep", "evaluate a grid of model arguments, rerunning only the LLM"),
     "bench": ("mcub.bench", "throughput of the model and the pipeline"),
