@@ -2,6 +2,8 @@
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,6 +105,20 @@ def test_eee_files_of_a_real_run_validate_and_carry_the_summary_figures(runs, tm
         else:
             assert record.extraction == "first-character" and row["output"]["raw"] == [record.output]
         assert row["metadata"]["prompt_sha256"] == record.prompt_sha256
+
+
+@pytest.mark.parametrize("protocol", ["paper", "loglik"])
+def test_the_every_eval_ever_validator_passes_the_files_without_warnings(runs, tmp_path, protocol):
+    """The package's own validator (its pydantic models and datastore checks), where the package is importable (it
+    declares Python >= 3.12, so mcub does not install it)."""
+    pytest.importorskip("every_eval_ever.validator.validate")
+    _export(runs / protocol, tmp_path / "out", "--model-id", "Adu2021/damc-vat")
+    argv = [sys.executable, "-m", "every_eval_ever", "validate", "--format", "json", "data/*/*/*/*.json*"]
+    done = subprocess.run(argv, cwd=tmp_path / "out", capture_output=True, text=True, timeout=300)
+    reports = json.loads(done.stdout)
+    assert [(report["file_type"], report["valid"], report["errors"], report["warnings"]) for report in reports] == [
+        ("aggregate", True, [], []), ("instance", True, [], [])]  # fmt: skip
+    assert done.returncode == 0
 
 
 def test_a_second_export_of_a_run_writes_the_same_files_again(runs, tmp_path):
