@@ -171,9 +171,9 @@ def run(request: EvalRequest, log: Log = _stderr) -> tuple[RunSummary | None, Pa
             terminated = isinstance(stop, Terminated)
             raise RunInterrupted(interruption_note(run_dir, plan, request, terminated), terminated) from None
     if tracker is not None and summary is not None:
-        from mcub.tracking import log_run
+        from mcub.tracking import log_finished_run
 
-        log_run(tracker, summary, run_dir)
+        log_finished_run(tracker, summary, run_dir)
     return summary, run_dir
 
 

@@ -138,6 +138,15 @@ def log_run(tracker: Tracker, summary: RunSummary, run_dir: Path) -> None:
         finish()
 
 
+def log_finished_run(tracker: Tracker, summary: RunSummary, run_dir: Path) -> None:
+    """`log_run`, its failure (the tracker's own: network, credentials, ...) an error that says the run is saved."""
+    try:
+        log_run(tracker, summary, run_dir)
+    except Exception as error:
+        raise TrackerError(f"--log {tracker.name}: the run is saved in {run_dir}, but logging it failed "
+                           f"({type(error).__name__}: {error})") from error  # fmt: skip
+
+
 def _texts(row: list[Any]) -> list[Any]:
     """A record row with its booleans and missing values as text (tracker tables want one type per column)."""
     return ["" if value is None else str(value).lower() if isinstance(value, bool) else value for value in row]

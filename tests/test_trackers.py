@@ -133,3 +133,17 @@ def test_trackio_logs_to_its_local_store(tmp_path):
     expected = metric_values(run.summary)
     metrics = {key: value for log in logged["logs"] for key, value in log.items() if key in expected}
     assert metrics == expected
+
+
+def test_a_failed_logging_says_the_run_is_saved(tmp_path, capsys, monkeypatch):
+    wandb = pytest.importorskip("wandb")
+
+    def refuse(**settings):
+        raise ConnectionError("no route to the W&B server")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    assert eval_main([*EVAL, "--output-dir", str(tmp_path), "--run-name", "r", "--log", "wandb"]) == 2
+    run_dir = tmp_path / "random" / "r"
+    assert (f"--log wandb: the run is saved in {run_dir}, but logging it failed (ConnectionError: no route to the "
+            "W&B server)") in capsys.readouterr().err  # fmt: skip
+    assert RunFiles(run_dir).summary.tasks["mcub-sample"].metrics.n == 5
