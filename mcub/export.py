@@ -27,6 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
     hub = formats.add_parser("hub-results", help="the model-index YAML of a model card")
     hub.add_argument("run", type=Path, metavar="RUN_DIR")
     hub.add_argument("--out", type=Path, help="write the YAML to FILE (default: stdout)")
+    hub.add_argument(
+        "--format",
+        dest="layout",
+        choices=["model-index", "eval-results"],
+        default="model-index",
+        help="the model card's model-index (default), or a file of the .eval_results/ folder",
+    )
     hub.add_argument("--model-name", help="the model-index name (default: the run's model)")
     hub.add_argument("--dataset-id", action="append", default=[], metavar="TASK=ID",
                      help="the Hub dataset of a task whose definition names none")  # fmt: skip
@@ -59,7 +66,7 @@ def _export_hub_results(args: argparse.Namespace) -> int:
         if not task.strip() or not dataset.strip():
             raise McubError(f"--dataset-id {pair!r} is not TASK=ID")
         dataset_ids[task.strip()] = dataset.strip()
-    text = hub_results_yaml(args.run, args.model_name, dataset_ids, args.source_url)
+    text = hub_results_yaml(args.run, args.layout, args.model_name, dataset_ids, args.source_url)
     if args.out is None:
         sys.stdout.write(text)
     else:

@@ -209,6 +209,21 @@ def test_hub_results_are_a_model_index_with_the_run_figures(runs, tmp_path):
     assert {key: result.metric_args[key] for key in expected} == expected
 
 
+def test_hub_results_in_the_eval_results_folder_layout(runs, tmp_path):
+    out = tmp_path / "mcub.yaml"
+    argv = ["hub-results", str(runs / "loglik"), "--format", "eval-results", "--out", str(out), "--dataset-id",
+            "mcub-sample=Adu2021/ModelCompose", "--source-url", "https://example.org/runs/loglik"]  # fmt: skip
+    assert export_main(argv) == 0
+    m = RunFiles(runs / "loglik").summary.tasks["mcub-sample"].metrics
+    assert yaml.safe_load(out.read_text(encoding="utf-8")) == [{
+        "dataset": {"id": "Adu2021/ModelCompose", "task_id": "mcub-sample", "config": "mcub-sample", "split": "test"},
+        "value": m.accuracy,
+        "source": {"url": "https://example.org/runs/loglik", "name": "mcub 0.1.0"},
+        "notes": f"Accuracy (loglik protocol), n=5, 95% CI [{m.ci_low}, {m.ci_high}] ({BOOTSTRAP_RESAMPLES} bootstrap "
+                 "resamples); mcub 0.1.0",
+    }]  # fmt: skip
+
+
 def test_hub_results_of_a_task_without_a_hub_dataset_ask_for_one(runs, capsys):
     assert export_main(["hub-results", str(runs / "paper")]) == 2
     assert "give one with --dataset-id mcub-sample=ID" in capsys.readouterr().err
