@@ -229,3 +229,17 @@ def test_hub_results_of_a_task_without_a_hub_dataset_ask_for_one(runs, capsys):
     assert "give one with --dataset-id mcub-sample=ID" in capsys.readouterr().err
     assert export_main(["hub-results", str(runs / "paper"), "--dataset-id", "mcub-smaple=x/y"]) == 2
     assert "--dataset-id: mcub-smaple is not a task of the run" in capsys.readouterr().err
+
+
+def test_the_export_command_is_registered_and_an_export_imports_no_torch(runs, tmp_path):
+    script = (
+        "import sys; from mcub.__main__ import main\n"
+        "try:\n    main(['export', 'eee', '--help'])\nexcept SystemExit as done:\n    assert done.code == 0\n"
+        "assert not {'torch', 'numpy', 'jsonschema', 'huggingface_hub'} & set(sys.modules), 'heavy import'\n"
+        f"assert main(['export', 'eee', {str(runs / 'paper')!r}, {str(tmp_path)!r}]) == 0\n"
+        "assert not {'torch', 'wandb', 'trackio'} & set(sys.modules), 'heavy import'"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: mcub export eee") and "--model-id MODEL_ID" in result.stdout
+    assert len(list((tmp_path / "data").glob("mcub/mcub/random/*.json"))) == 1
