@@ -87,7 +87,7 @@ def metric_values(summary: RunSummary) -> dict[str, float | int]:
     for name, group in summary.groups.items():
         for kind, value in (("micro", group.micro), ("macro", group.macro)):
             values |= {f"{name}/{kind}/{key}": getattr(value, key) for key in ("accuracy", "ci_low", "ci_high", "n")}
-    return {key: value for key, value in values.items() if value is not None}  # fmt: skip
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def result_rows(summary: RunSummary) -> list[list[Any]]:

@@ -29,7 +29,6 @@ COLLECTION = "mcub"
 """The datastore collection (benchmark folder) every mcub run is filed under."""
 ACCURACY = "accuracy"
 Relationship = Literal["first_party", "third_party", "collaborative", "other"]
-RELATIONSHIPS: tuple[Relationship, ...] = ("first_party", "third_party", "collaborative", "other")
 _PATH_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _MISSING = "missing: the run has no record of this sample, so it counts as wrong"
 
@@ -107,7 +106,34 @@ def export_eee(run_dir: Path, out: Path, paths: DataPaths, identity: EeeIdentity
     for number, row in enumerate(rows, 1):
         check_document(row, INSTANCE_SCHEMA, f"{samples_path}:{number}")
     lines = "".join(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n" for row in rows)
-    aggregate = {
+    detail = {
+        "format": "jsonl",
+        "file_path": (folder / samples_path.name).as_posix(),
+        "hash_algorithm": "sha256",
+        "checksum": hashlib.sha256(lines.encode("utf-8")).hexdigest(),
+        "total_rows": len(rows),
+    }
+    aggregate = aggregate_document(run_dir, summary, identity, evaluation_id, retrieved, model_id, results, detail)
+    aggregate_path = target / f"{file_uuid}.json"
+    check_document(aggregate, AGGREGATE_SCHEMA, str(aggregate_path))
+    target.mkdir(parents=True, exist_ok=True)
+    write_atomically(samples_path, lines)
+    write_atomically(aggregate_path, json.dumps(aggregate, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    return EeeExport(aggregate=aggregate_path, samples=samples_path, rows=len(rows))
+
+
+def aggregate_document(
+    run_dir: Path,
+    summary: RunSummary,
+    identity: EeeIdentity,
+    evaluation_id: str,
+    retrieved: str,
+    model_id: str,
+    results: list[dict[str, Any]],
+    detail: dict[str, Any],
+) -> dict[str, Any]:
+    """The aggregate file: who ran what with which harness, the results, and the instance file it points to."""
+    return {
         "schema_version": EEE_VERSION,
         "evaluation_id": evaluation_id,
         "evaluation_timestamp": summary.created,
@@ -126,23 +152,11 @@ def export_eee(run_dir: Path, out: Path, paths: DataPaths, identity: EeeIdentity
                 "git_revision": summary.git_revision or "unknown",
                 "summary_schema_version": str(summary.schema_version),
             },
-        },  # fmt: skip
-        "model_info": model_info(summary, model_id, developer),
-        "evaluation_results": results,
-        "detailed_evaluation_results": {
-            "format": "jsonl",
-            "file_path": (folder / samples_path.name).as_posix(),
-            "hash_algorithm": "sha256",
-            "checksum": hashlib.sha256(lines.encode("utf-8")).hexdigest(),
-            "total_rows": len(rows),
         },
+        "model_info": model_info(summary, model_id, datastore_parts(model_id)[0]),
+        "evaluation_results": results,
+        "detailed_evaluation_results": detail,
     }
-    aggregate_path = target / f"{file_uuid}.json"
-    check_document(aggregate, AGGREGATE_SCHEMA, str(aggregate_path))
-    target.mkdir(parents=True, exist_ok=True)
-    write_atomically(samples_path, lines)
-    write_atomically(aggregate_path, json.dumps(aggregate, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
-    return EeeExport(aggregate=aggregate_path, samples=samples_path, rows=len(rows))
 
 
 def datastore_parts(model_id: str) -> tuple[str, str]:
@@ -265,6 +279,7 @@ def task_result(
 def group_result(name: str, tasks: list[str], kind: str, value: Accuracy) -> dict[str, Any]:
     """A group's micro (pooled items) or macro (mean of its tasks' accuracies) accuracy."""
     pooled = "pooled over the items of" if kind == "micro" else "mean of the task accuracies of"
+    method = "percentile bootstrap" + (" of the mean of per-task binomial resamples" if kind == "macro" else "")
     return {
         "evaluation_result_id": result_id(name, f"{ACCURACY}-{kind}"),
         "evaluation_name": name,
@@ -274,16 +289,11 @@ def group_result(name: str, tasks: list[str], kind: str, value: Accuracy) -> dic
             f"Accuracy ({kind})",
             f"{name}: accuracy {pooled} {', '.join(tasks)}",
             {"aggregation": kind},
-        ),  # fmt: skip
+        ),
         "score_details": {
             "score": value.accuracy,
             "details": {"n": str(value.n), "correct": str(value.correct)},
-            "uncertainty": _interval(
-                value,
-                "percentile bootstrap of the mean of per-task binomial resamples"
-                if kind == "macro"
-                else "percentile bootstrap",
-            ),  # fmt: skip
+            "uncertainty": _interval(value, method),
         },
     }
 
@@ -328,7 +338,7 @@ def instance_row(sample: Sample, record: Record | None, metric: str, evaluation_
             "raw": sample.prompt,
             "reference": reference,
             "choices": [f"{key}. {text}" for key, text in sample.options.items()] or None,
-        },  # fmt: skip
+        },
         "output": {"raw": [record.output] if record is not None and record.output is not None else []},
         "answer_attribution": answer_attribution(record),
         "evaluation": {"score": score, "is_correct": record is not None and record.correct is True},
