@@ -123,7 +123,8 @@ def test_trackio_logs_to_its_local_store(tmp_path):
     assert done.returncode == 0, done.stderr
     code = ("import json, sys; from trackio.sqlite_storage import SQLiteStorage; "
             "print(json.dumps({'runs': SQLiteStorage.get_runs('mcub-test'), "
-            "'logs': SQLiteStorage.get_logs('mcub-test', 'random/r')}, default=str))")  # fmt: skip
+            "'logs': SQLiteStorage.get_logs('mcub-test', 'random/r'), "
+            "'config': SQLiteStorage.get_run_config('mcub-test', 'random/r')}, default=str))")  # fmt: skip
     stored = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "TRACKIO_DIR": str(tmp_path / "store")})  # fmt: skip
     assert stored.returncode == 0, stored.stderr
@@ -131,8 +132,13 @@ def test_trackio_logs_to_its_local_store(tmp_path):
     assert logged["runs"] == ["random/r"]
     run = RunFiles(tmp_path / "runs" / "random" / "r")
     expected = metric_values(run.summary)
-    metrics = {key: value for log in logged["logs"] for key, value in log.items() if key in expected}
-    assert metrics == expected
+    (step,) = logged["logs"]
+    assert {key: step[key] for key in expected} == expected
+    m = run.summary.tasks["mcub-sample"].metrics
+    assert step["results"]["_value"] == [dict(zip(RESULT_COLUMNS, ["mcub-sample", "paper", 5, m.accuracy, m.ci_low,
+                                                                    m.ci_high, 0, 0, 0], strict=True))]  # fmt: skip
+    assert [row["id"] for row in step["records"]["_value"]] == [f"mcub-sample-{index}" for index in range(5)]
+    assert (logged["config"]["model"], logged["config"]["tasks"]) == ("random", "mcub-sample")
 
 
 def test_a_failed_logging_says_the_run_is_saved(tmp_path, capsys, monkeypatch):
