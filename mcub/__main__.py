@@ -13,6 +13,7 @@ COMMANDS = {
     "reliance": ("mcub.reliance", "a model's accuracy under drop/blank/swap conditions against the unmodified run"),
     "gain": ("mcub.composition_gain", "synergy and interference of a composed model against its experts"),
     "leaderboard": ("mcub.leaderboard", "validate, add and build leaderboard submissions"),
+    "export": ("mcub.export", "a run as Every Eval Ever files or a model card's eval results"),
     "data": ("mcub.check", "check task data and media before a long run"),
     "sweep": ("mcub.sweep", "evaluate a grid of model arguments, rerunning only the LLM"),
     "bench": ("mcub.bench", "throughput of the model and the pipeline"),

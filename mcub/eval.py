@@ -67,10 +67,15 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
         "applied in the order given",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--log",
+        metavar="TRACKER[:PROJECT]",
+        help="log the finished run to wandb or trackio (optional extras; default project: mcub)",
+    )
 
 
 FLAG_FIELDS = ("model", "output_dir", "run_name", "protocol", "batch_size", "num_workers", "device", "dtype",
-               "max_new_tokens", "limit", "seed", "data_root", "media_root")  # fmt: skip
+               "max_new_tokens", "limit", "seed", "data_root", "media_root", "log")  # fmt: skip
 
 
 def request_values(args: argparse.Namespace) -> tuple[dict[str, Any], str]:

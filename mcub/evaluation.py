@@ -150,6 +150,9 @@ def run(request: EvalRequest, log: Log = _stderr) -> tuple[RunSummary | None, Pa
     """`evaluate`, also returning the run directory."""
     from mcub.runner.distributed import Distributed
 
+    tracker = request.tracker
+    if tracker is not None:
+        tracker.check_installed()
     plan = plan_run(request, load_registry(), log)
     dist = Distributed.from_environment(plan.device)
     with ExitStack() as held:
@@ -163,12 +166,17 @@ def run(request: EvalRequest, log: Log = _stderr) -> tuple[RunSummary | None, Pa
             except OSError as error:
                 raise RunError(f"{run_dir}: the run directory cannot be written ({error.strerror})") from None
         try:
-            return _run_in(run_dir, request, plan, dist, device, log)
+            summary, run_dir = _run_in(run_dir, request, plan, dist, device, log)
         except KeyboardInterrupt as stop:
             if not dist.is_main or isinstance(stop, RunInterrupted):
                 raise
             terminated = isinstance(stop, Terminated)
             raise RunInterrupted(interruption_note(run_dir, plan, request, terminated), terminated) from None
+    if tracker is not None and summary is not None:
+        from mcub.tracking import log_finished_run
+
+        log_finished_run(tracker, summary, run_dir)
+    return summary, run_dir
 
 
 def _run_in(

@@ -14,6 +14,7 @@ from mcub.schema import DEFAULT_DATA_ROOT, DataPaths, ScorerSettings
 
 if TYPE_CHECKING:
     from mcub.media.limits import MediaLimits
+    from mcub.tracking import Tracker
 
 DEFAULT_OUTPUT_DIR = Path("results")
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -58,6 +59,20 @@ class EvalRequest(BaseModel):
     """Run conditions applied to every task's samples in this order (`drop:audio`, ...; see mcub.conditions), kept
     in their canonical text."""
     progress: bool = True
+    log: str | None = None
+    """An experiment tracker the finished run is logged to: `wandb[:PROJECT]` or `trackio[:PROJECT]` (mcub.tracking)."""
+
+    @field_validator("log")
+    @classmethod
+    def _known_tracker(cls, value: str | None) -> str | None:
+        from mcub.tracking import Tracker, TrackerError
+
+        if value is not None:
+            try:
+                Tracker.parse(value)
+            except TrackerError as error:
+                raise ValueError(str(error)) from None
+        return value
 
     @field_validator("batch_size", mode="before")
     @classmethod
@@ -99,6 +114,12 @@ class EvalRequest(BaseModel):
         from mcub.media.limits import MediaLimits
 
         return MediaLimits.from_values(self.media_limits)
+
+    @property
+    def tracker(self) -> Tracker | None:
+        from mcub.tracking import Tracker
+
+        return Tracker.parse(self.log) if self.log is not None else None
 
     @property
     def data_paths(self) -> DataPaths:
