@@ -65,7 +65,10 @@ COMBINATION_FAMILIES = {"avqa": "AVQA", "music-avqa": "MUSIC-AVQA"}
 FONTS = {"font.size": 11, "axes.titlesize": 13, "axes.labelsize": 11, "xtick.labelsize": 10, "ytick.labelsize": 10,
          "legend.fontsize": 10}  # fmt: skip
 PANEL_HEIGHT = 3.6
-"""Inches per panel; the width grows with the bars of the widest panel."""
+"""Inches per panel (and one for the legend above them); the width grows with the bars of the widest panel."""
+LEGEND_COLUMNS = 3
+MAX_BAR = 0.3
+"""The widest bar, in categories (a panel of one or two categories keeps slim bars)."""
 
 
 @dataclass(frozen=True)
@@ -96,8 +99,6 @@ def plot_panels(summaries: list[RunSummary], registry: Registry) -> list[Panel]:
 def plot_runs(run_dirs: list[Path], path: Path):
     """A PNG with a panel per view that has data (`plot_panels`): a bar per run and category at its accuracy, with
     its 95% interval, fonts and figure size set for reading at the written size. Returns the matplotlib figure."""
-    import math
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,31 +111,38 @@ def plot_runs(run_dirs: list[Path], path: Path):
     labels = [f"{summary.model.name} ({run_dir.name})" for summary, run_dir in zip(summaries, run_dirs, strict=True)]
     widest = max(len(panel.categories) for panel in panels)
     width = min(30.0, max(8.0, 2.0 + widest * (0.3 * len(summaries) + 0.4)))
-    bar = 0.8 / len(summaries)
+    legend_rows = -(-len(labels) // LEGEND_COLUMNS)
+    height = PANEL_HEIGHT * len(panels) + 0.5 + 0.3 * legend_rows
     with plt.rc_context(FONTS):
-        figure, axes = plt.subplots(len(panels), 1, figsize=(width, PANEL_HEIGHT * len(panels) + 1.0), squeeze=False)
+        figure, axes = plt.subplots(len(panels), 1, figsize=(width, height), squeeze=False, layout="constrained")
         for ax, panel in zip(axes[:, 0], panels, strict=True):
-            for position, (summary, label) in enumerate(zip(summaries, labels, strict=True)):
-                metrics = [summary.tasks[t].metrics if t in summary.tasks else None for t, _ in panel.categories]
-                heights = [m.accuracy if m and m.accuracy is not None else math.nan for m in metrics]
-                below = [
-                    h - m.ci_low if m and m.ci_low is not None else 0.0 for h, m in zip(heights, metrics, strict=True)
-                ]
-                above = [
-                    m.ci_high - h if m and m.ci_high is not None else 0.0 for h, m in zip(heights, metrics, strict=True)
-                ]
-                centres = [index + (position - (len(summaries) - 1) / 2) * bar for index in range(len(heights))]
-                ax.bar(centres, heights, bar, yerr=[below, above], capsize=3, label=label)
-            ticks = [tick for _, tick in panel.categories]
-            slanted = max(len(tick) for tick in ticks) * len(ticks) > 8 * width
-            ax.set_xticks(range(len(ticks)), ticks, rotation=30 if slanted else 0, ha="right" if slanted else "center")
-            ax.set_ylim(0, 105)
-            ax.set_title(panel.title)
-            ax.set_ylabel("accuracy (%), 95% CI")
-        axes[0, 0].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0) if len(summaries) > 4 else None)
-        figure.tight_layout()
+            _draw_panel(ax, panel, summaries, labels, width)
+        handles, names = axes[0, 0].get_legend_handles_labels()
+        figure.legend(handles, names, loc="outside upper center", ncol=min(len(labels), LEGEND_COLUMNS))
         figure.savefig(path, dpi=120)
     return figure
+
+
+def _draw_panel(ax, panel: Panel, summaries: list[RunSummary], labels: list[str], width: float) -> None:
+    """A bar per run and category at its accuracy (NaN where the run lacks it), whiskers over its 95% interval; tick
+    labels slanted when they would not fit the figure's `width` (inches) side by side."""
+    import math
+
+    bar = min(0.8 / len(summaries), MAX_BAR)
+    for position, (summary, label) in enumerate(zip(summaries, labels, strict=True)):
+        metrics = [summary.tasks[task].metrics if task in summary.tasks else None for task, _ in panel.categories]
+        heights = [m.accuracy if m and m.accuracy is not None else math.nan for m in metrics]
+        below = [h - m.ci_low if m and m.ci_low is not None else 0.0 for h, m in zip(heights, metrics, strict=True)]
+        above = [m.ci_high - h if m and m.ci_high is not None else 0.0 for h, m in zip(heights, metrics, strict=True)]
+        centres = [index + (position - (len(summaries) - 1) / 2) * bar for index in range(len(heights))]
+        ax.bar(centres, heights, bar, yerr=[below, above], capsize=3, label=label)
+    ticks = [tick for _, tick in panel.categories]
+    slanted = max(len(tick) for tick in ticks) * len(ticks) > 8 * width
+    ax.set_xticks(range(len(ticks)), ticks, rotation=30 if slanted else 0, ha="right" if slanted else "center")
+    ax.set_xlim(-0.5, len(ticks) - 0.5)
+    ax.set_ylim(0, 105)
+    ax.set_title(panel.title)
+    ax.set_ylabel("accuracy (%), 95% CI")
 
 
 def main(argv: list[str] | None = None) -> int:

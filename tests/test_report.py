@@ -38,8 +38,9 @@ def test_plot_draws_every_task_the_mcub_subsets_and_each_combination_family(tmp_
     assert [label.get_text() for label in avqa.get_xticklabels()] == ["audio", "video"]
     assert _bars(avqa)[0] == [75.0, 100.0] and _bars(avqa)[1][0] == 0.0 and math.isnan(_bars(avqa)[1][1])
     assert [label.get_text() for label in music.get_xticklabels()] == ["image"] and _bars(music)[1] == [75.0]
-    assert [text.get_text() for text in by_task.get_legend().get_texts()] == ["x (a)", "y (b)"]
-    assert figure.get_size_inches()[1] == pytest.approx(4 * PANEL_HEIGHT + 1.0)
+    [legend] = figure.legends
+    assert [text.get_text() for text in legend.get_texts()] == ["x (a)", "y (b)"]
+    assert figure.get_size_inches()[1] == pytest.approx(4 * PANEL_HEIGHT + 0.8)
     assert by_task.title.get_fontsize() == FONTS["axes.titlesize"]
     assert all(label.get_fontsize() == FONTS["xtick.labelsize"] for label in by_task.get_xticklabels())
 
@@ -56,7 +57,7 @@ def test_only_the_panels_with_data_are_drawn(tmp_path, outcomes, titles):
     figure = plot_runs([write_run(tmp_path / "r", outcomes)], tmp_path / "p.png")
     assert [ax.get_title() for ax in figure.axes] == titles
     assert all(_bars(ax)[0] and not any(math.isnan(h) for h in _bars(ax)[0]) for ax in figure.axes)
-    assert figure.get_size_inches()[1] == pytest.approx(len(titles) * PANEL_HEIGHT + 1.0)
+    assert figure.get_size_inches()[1] == pytest.approx(len(titles) * PANEL_HEIGHT + 0.8)
 
 
 def test_a_run_with_no_accuracy_to_plot_is_an_error(tmp_path):
