@@ -107,7 +107,7 @@ def test_the_page_groups_sorts_filters_and_charts_in_chromium(tmp_path):
     probed = chromium_dom(probe_page)
     result = json.loads(html.unescape(re.search(r'<pre id="probe">(.*?)</pre>', probed, re.S).group(1)))
     assert result["initial"] == ["damc", "naivemc-loglik", "random"] == [entry.model for entry in entries]
-    assert result["ranks"] == [entry.rank_label for entry in entries]
+    assert result["ranks"] == [entry.rank_label for entry in entries] == ["1", "1=", "1="]  # 4 items: tied
     assert result["ascending"] == ["random", "naivemc-loglik", "damc"]
     assert result["descending"] == ["damc", "naivemc-loglik", "random"]
     assert result["baseline"] == ["random"]
