@@ -185,6 +185,7 @@ def _run_in(
     """The run in its (locked) directory: identity, model, every task's records, scoring and the summary."""
     from mcub.models.base import Runtime, build_model
     from mcub.runner.loop import Query, RunSettings, run_task
+    from mcub.runner.progress import RunProgress
 
     expected = identity(request, plan)
     resolved = request.model_copy(update={"dtype": plan.dtype, "model_args": plan.model_args, "run_name": None,
@@ -209,13 +210,16 @@ def _run_in(
                            condition=condition_label(request.conditions))  # fmt: skip
     notes: dict[str, list[str]] = {}
     files: dict[str, RecordFile | None] = {}
-    for data in plan.datasets:
-        protocol = plan.protocols[data.task.name]
-        query = Query(data.task, protocol, protocol.decoding(data.task, request.max_new_tokens))
-        ran = run_task(model, data, query, settings, run_dir / "records", dist, request.progress)
-        files[data.task.name], notes[data.task.name] = ran.file, ran.notes
-        for note in ran.notes:
-            log(f"warning: {note}")
+    totals = {data.task.name: samples_to_run(data, request.limit) for data in plan.datasets}
+    with RunProgress(totals, enabled=request.progress and dist.is_main) as progress:
+        for data in plan.datasets:
+            protocol = plan.protocols[data.task.name]
+            query = Query(data.task, protocol, protocol.decoding(data.task, request.max_new_tokens))
+            ran = run_task(model, data, query, settings, run_dir / "records", dist, progress.task_bars, progress.batch)
+            files[data.task.name], notes[data.task.name] = ran.file, ran.notes
+            progress.task_done(data.task.name, ran.file.records if ran.file else None)
+            for note in ran.notes:
+                log(f"warning: {note}")
     if not dist.is_main:
         return None, run_dir
     context = ScoringContext(request.scoring)
@@ -263,8 +267,7 @@ def _run_in(
 def interruption_note(run_dir: Path, plan: Plan, request: EvalRequest, terminated: bool) -> str:
     """The line an interrupted run ends with: the records saved so far and the command that continues it."""
     stopped = "terminated (SIGTERM)" if terminated else "interrupted (SIGINT)"
-    limit = request.limit
-    total = sum(len(data.samples) if limit is None else min(limit, len(data.samples)) for data in plan.datasets)
+    total = sum(samples_to_run(data, request.limit) for data in plan.datasets)
     if not (run_dir / REQUEST_FILE).is_file():
         return f"{stopped} before {run_dir} held a run; nothing was saved"
     saved = count_saved_records(run_dir / "records")
@@ -272,6 +275,11 @@ def interruption_note(run_dir: Path, plan: Plan, request: EvalRequest, terminate
         f"{stopped}: {saved} of {total} record(s) are saved in {run_dir}; continue with: "
         f"mcub eval --config {run_dir / REQUEST_FILE} --run-name {run_dir.name} --resume"
     )
+
+
+def samples_to_run(data: TaskData, limit: int | None) -> int:
+    """How many of a task's samples a run with `limit` poses."""
+    return len(data.samples) if limit is None else min(limit, len(data.samples))
 
 
 def _run_dir(request: EvalRequest, model: str, dist) -> Path:

@@ -18,6 +18,7 @@ from typing import Any
 from mcub.conditions import condition_task
 from mcub.data import TaskData, load_task
 from mcub.errors import McubError
+from mcub.leaderboard_page import render_page
 from mcub.protocols import Protocol, get_protocol
 from mcub.results import RunFiles, read_summary, read_unique_records, records_path, summary_table, write_atomically
 from mcub.schema import DataPaths, Decoding, Record, RecordOutcome, Sample, ScorerSettings
@@ -229,6 +230,11 @@ class Entry:
     def model(self) -> str:
         return self.run.summary.model.name
 
+    @property
+    def rank_label(self) -> str:
+        """The rank as shown: `2=` when tied with the entry above."""
+        return f"{self.rank}=" if self.tied_with_previous else str(self.rank)
+
 
 def rank_submissions(runs: list[RunFiles]) -> tuple[list[Entry], list[str]]:
     """Entries by score (the mean accuracy over the tasks every submission has), with ties marked when a paired
@@ -266,7 +272,8 @@ def build(leaderboard: Path = LEADERBOARD_DIR) -> list[Entry]:
     entries, shared = rank_submissions(runs)
     tasks = list(dict.fromkeys(task for run in runs for task in run.summary.tasks))
     write_atomically(leaderboard / "README.md", _markdown(entries, tasks, shared))
-    write_atomically(leaderboard / "index.html", _html(entries, tasks, shared))
+    page = render_page(entries, tasks, shared, load_registry(), TIE_ALPHA)
+    write_atomically(leaderboard / "index.html", page)
     return entries
 
 
@@ -276,10 +283,6 @@ def _cell(entry: Entry, task: str) -> tuple[str, float]:
         return "-", -1.0
     m = summary.metrics
     return f"{m.accuracy:.2f} [{m.ci_low:.2f}, {m.ci_high:.2f}]", m.accuracy
-
-
-def _rank_label(entry: Entry) -> str:
-    return f"{entry.rank}=" if entry.tied_with_previous else str(entry.rank)
 
 
 def _markdown(entries: list[Entry], tasks: list[str], shared: list[str]) -> str:
@@ -299,51 +302,8 @@ def _markdown(entries: list[Entry], tasks: list[str], shared: list[str]) -> str:
     for entry in entries:
         cells = "".join(f" {_cell(entry, task)[0]} |" for task in tasks)
         run_name = clean(entry.run.run_dir.name)
-        lines.append(f"| {_rank_label(entry)} | {clean(entry.model)} | {run_name} | {entry.score:.2f} |{cells}")
+        lines.append(f"| {entry.rank_label} | {clean(entry.model)} | {run_name} | {entry.score:.2f} |{cells}")
     return "\n".join(lines) + "\n"
-
-
-def _html(entries: list[Entry], tasks: list[str], shared: list[str]) -> str:
-    head = "".join(f'<th data-column="{i + 4}">{html.escape(t)}</th>' for i, t in enumerate(tasks))
-    rows = []
-    for entry in entries:
-        cells = "".join(
-            f'<td data-sort="{value:.4f}">{html.escape(text)}</td>' for text, value in (_cell(entry, t) for t in tasks)
-        )
-        rows.append(
-            f'<tr><td data-sort="{entry.rank}">{html.escape(_rank_label(entry))}</td>'
-            f"<td>{html.escape(entry.model)}</td><td>{html.escape(entry.run.run_dir.name)}</td>"
-            f'<td data-sort="{entry.score:.4f}">{entry.score:.2f}</td>{cells}</tr>'
-        )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>MCUB leaderboard</title>
-<style>body{{font-family:sans-serif}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px 8px}}
-th{{cursor:pointer;background:#eee}}</style></head>
-<body><h1>MCUB leaderboard</h1>
-<p>Score: mean accuracy over the tasks every submission ran ({html.escape(", ".join(shared) or "none")}); cells show
-accuracy and its 95% bootstrap interval. A rank written <code>2=</code> is statistically tied with the one above
-(paired exact McNemar test, p &gt;= {TIE_ALPHA}). Click a column header to sort.</p>
-<table id="board"><thead><tr><th data-column="0">rank</th><th data-column="1">model</th><th data-column="2">run</th>
-<th data-column="3">score</th>{head}</tr></thead>
-<tbody>{"".join(rows)}</tbody></table>
-<script>
-document.querySelectorAll("#board th").forEach(function (header) {{
-  header.addEventListener("click", function () {{
-    var column = Number(header.dataset.column), body = document.querySelector("#board tbody");
-    var ascending = header.dataset.order !== "ascending";
-    header.dataset.order = ascending ? "ascending" : "descending";
-    var key = function (row) {{
-      var cell = row.children[column];
-      return cell.dataset.sort !== undefined ? Number(cell.dataset.sort) : cell.textContent;
-    }};
-    Array.from(body.rows).sort(function (a, b) {{
-      var x = key(a), y = key(b);
-      return (x < y ? -1 : x > y ? 1 : 0) * (ascending ? 1 : -1);
-    }}).forEach(function (row) {{ body.appendChild(row); }});
-  }});
-}});
-</script></body></html>
-"""
 
 
 def main(argv: list[str] | None = None) -> int:

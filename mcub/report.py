@@ -6,9 +6,12 @@ name then carries the protocol and the first characters of the data hash."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
+from mcub.errors import RunError
 from mcub.results import RunSummary, read_summary, write_atomically
+from mcub.tasks import Registry, load_registry
 
 
 def task_columns(summaries: list[RunSummary]) -> dict[tuple[str, str, str], str]:
@@ -58,53 +61,88 @@ def render(frame, fmt: str) -> str:
 
 
 COMBINATIONS = ("audio", "image", "video", "image+audio", "image+video", "video+audio", "video+image+audio")
-COMBINATION_FAMILIES = ("avqa", "music-avqa")
+COMBINATION_FAMILIES = {"avqa": "AVQA", "music-avqa": "MUSIC-AVQA"}
+FONTS = {"font.size": 11, "axes.titlesize": 13, "axes.labelsize": 11, "xtick.labelsize": 10, "ytick.labelsize": 10,
+         "legend.fontsize": 10}  # fmt: skip
+PANEL_HEIGHT = 3.6
+"""Inches per panel (and one for the legend above them); the width grows with the bars of the widest panel."""
+LEGEND_COLUMNS = 3
+MAX_BAR = 0.3
+"""The widest bar, in categories (a panel of one or two categories keeps slim bars)."""
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One axes of the plot: a title and its bars' categories, as (task, tick label)."""
+
+    title: str
+    categories: tuple[tuple[str, str], ...]
+
+
+def plot_panels(summaries: list[RunSummary], registry: Registry) -> list[Panel]:
+    """The panels with data: accuracy per task; MCUB by modality subset (its tasks' modalities); AVQA and MUSIC-AVQA
+    by input combination. A category is kept when some run has an accuracy for it, a panel when it keeps one."""
+    scored = {
+        name for summary in summaries for name, task in summary.tasks.items() if task.metrics.accuracy is not None
+    }
+    tasks = [task for task in dict.fromkeys(t for summary in summaries for t in summary.tasks) if task in scored]
+    mcub = [(name, "+".join(spec.modalities)) for name, spec in registry.tasks.items()
+            if spec.family == "mcub" and name in scored]  # fmt: skip
+    panels = [Panel("accuracy per task", tuple((task, task) for task in tasks)),
+              Panel("MCUB by modality subset", tuple(mcub))]  # fmt: skip
+    for family, label in COMBINATION_FAMILIES.items():
+        present = [(f"{family}-{c}", c) for c in COMBINATIONS if f"{family}-{c}" in scored]
+        panels.append(Panel(f"{label} by input combination", tuple(present)))
+    return [panel for panel in panels if panel.categories]
 
 
 def plot_runs(run_dirs: list[Path], path: Path):
-    """A PNG: accuracy per task with 95% intervals (a bar per run), and AVQA / MUSIC-AVQA accuracy by input
-    combination (a line per run and family). Returns the matplotlib figure."""
-    import math
-
+    """A PNG with a panel per view that has data (`plot_panels`): a bar per run and category at its accuracy, with
+    its 95% interval, fonts and figure size set for reading at the written size. Returns the matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     summaries = [read_summary(run_dir) for run_dir in run_dirs]
+    panels = plot_panels(summaries, load_registry())
+    if not panels:
+        raise RunError(f"nothing to plot: no task of {', '.join(map(str, run_dirs))} has an accuracy")
     labels = [f"{summary.model.name} ({run_dir.name})" for summary, run_dir in zip(summaries, run_dirs, strict=True)]
-    tasks = list(dict.fromkeys(task for summary in summaries for task in summary.tasks))
-    figure, (by_task, by_combination) = plt.subplots(2, 1, figsize=(max(8.0, 0.7 * len(tasks) + 3), 9))
-    width = 0.8 / max(1, len(summaries))
+    widest = max(len(panel.categories) for panel in panels)
+    width = min(30.0, max(8.0, 2.0 + widest * (0.3 * len(summaries) + 0.4)))
+    legend_rows = -(-len(labels) // LEGEND_COLUMNS)
+    height = PANEL_HEIGHT * len(panels) + 0.5 + 0.3 * legend_rows
+    with plt.rc_context(FONTS):
+        figure, axes = plt.subplots(len(panels), 1, figsize=(width, height), squeeze=False, layout="constrained")
+        for ax, panel in zip(axes[:, 0], panels, strict=True):
+            _draw_panel(ax, panel, summaries, labels, width)
+        handles, names = axes[0, 0].get_legend_handles_labels()
+        figure.legend(handles, names, loc="outside upper center", ncol=min(len(labels), LEGEND_COLUMNS))
+        figure.savefig(path, dpi=120)
+    return figure
+
+
+def _draw_panel(ax, panel: Panel, summaries: list[RunSummary], labels: list[str], width: float) -> None:
+    """A bar per run and category at its accuracy (NaN where the run lacks it), whiskers over its 95% interval; tick
+    labels slanted when they would not fit the figure's `width` (inches) side by side."""
+    import math
+
+    bar = min(0.8 / len(summaries), MAX_BAR)
     for position, (summary, label) in enumerate(zip(summaries, labels, strict=True)):
-        metrics = [summary.tasks[task].metrics if task in summary.tasks else None for task in tasks]
+        metrics = [summary.tasks[task].metrics if task in summary.tasks else None for task, _ in panel.categories]
         heights = [m.accuracy if m and m.accuracy is not None else math.nan for m in metrics]
         below = [h - m.ci_low if m and m.ci_low is not None else 0.0 for h, m in zip(heights, metrics, strict=True)]
         above = [m.ci_high - h if m and m.ci_high is not None else 0.0 for h, m in zip(heights, metrics, strict=True)]
-        centres = [index + (position - (len(summaries) - 1) / 2) * width for index in range(len(tasks))]
-        by_task.bar(centres, heights, width, yerr=[below, above], capsize=2, label=label)
-    by_task.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right")
-    by_task.set_ylabel("accuracy (%), 95% interval")
-    by_task.legend(fontsize="small")
-    drawn = False
-    for summary, label in zip(summaries, labels, strict=True):
-        for family in COMBINATION_FAMILIES:
-            values = [summary.tasks.get(f"{family}-{combination}") for combination in COMBINATIONS]
-            if not any(values):
-                continue
-            ys = [v.metrics.accuracy if v and v.metrics.accuracy is not None else math.nan for v in values]
-            by_combination.plot(range(len(COMBINATIONS)), ys, marker="o", label=f"{label}: {family}")
-            drawn = True
-    if drawn:
-        by_combination.set_xticks(range(len(COMBINATIONS)), COMBINATIONS, rotation=20)
-        by_combination.set_ylabel("accuracy (%)")
-        by_combination.legend(fontsize="small")
-    else:
-        by_combination.text(0.5, 0.5, "no AVQA or MUSIC-AVQA tasks in these runs", ha="center", va="center")
-        by_combination.set_axis_off()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    return figure
+        centres = [index + (position - (len(summaries) - 1) / 2) * bar for index in range(len(heights))]
+        ax.bar(centres, heights, bar, yerr=[below, above], capsize=3, label=label)
+    ticks = [tick for _, tick in panel.categories]
+    slanted = max(len(tick) for tick in ticks) * len(ticks) > 8 * width
+    ax.set_xticks(range(len(ticks)), ticks, rotation=30 if slanted else 0, ha="right" if slanted else "center")
+    ax.set_xlim(-0.5, len(ticks) - 0.5)
+    ax.set_ylim(0, 105)
+    ax.set_title(panel.title)
+    ax.set_ylabel("accuracy (%), 95% CI")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (each holds summary.json)")
     parser.add_argument("--format", choices=["md", "csv", "html", "latex"], default="md")
     parser.add_argument("--output", type=Path, help="write the table here instead of printing it")
-    parser.add_argument("--plot", type=Path, help="also draw accuracy per task and per input combination (PNG)")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        help="also draw accuracy per task, per MCUB modality subset, per AVQA / MUSIC-AVQA input combination (PNG)",
+    )
     args = parser.parse_args(argv)
 
     def command() -> int:

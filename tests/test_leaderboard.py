@@ -1,9 +1,7 @@
 import json
 import re
-import shutil
-import subprocess
 
-import pytest
+from chromium import chromium_dom
 
 from mcub.data import DataPaths
 from mcub.eval import main as eval_main
@@ -59,22 +57,6 @@ def test_a_limited_run_or_a_non_run_is_rejected(tmp_path):
     assert validate_run(tmp_path, DataPaths()) == [f"{tmp_path}: not a run directory (no summary.json)"]
 
 
-def _chromium_dom(page):
-    binary = shutil.which("chromium")
-    if binary is None:
-        pytest.fail("Debian's chromium is needed (.ci/run installs it)")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
-    flags += [
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={page.parent / 'profile'}",
-    ]
-    result = subprocess.run([binary, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
-
-
 def test_add_and_build_render_the_right_rows_in_chromium(tmp_path):
     board = tmp_path / "board"
     runs = [_run(tmp_path, f"seed{seed}", seed) for seed in range(3)]
@@ -87,7 +69,7 @@ def test_add_and_build_render_the_right_rows_in_chromium(tmp_path):
     assert leaderboard_main(["build", "--leaderboard", str(board)]) == 0
     markdown = (board / "README.md").read_text()
     assert "&lt;img src=x" in markdown and "<img" not in markdown
-    dom = _chromium_dom(board / "index.html")
+    dom = chromium_dom(board / "index.html")
     body = dom[dom.index("<tbody>") : dom.index("</tbody>")]
     rows = re.findall(r"<tr>(.*?)</tr>", body, re.S)
     assert len(rows) == 3

@@ -158,3 +158,21 @@ def test_a_model_name_with_a_newline_or_markup_forges_no_line(tmp_path):
     assert len(rows) == 2  # the header and the one submission
     assert "forged" in rows[1] and "<script>" not in markdown
     assert "<script>alert" not in (board / "index.html").read_text()
+
+
+def test_a_task_name_protocol_or_adapter_with_markup_forges_no_page_element(tmp_path):
+    from run_factory import write_run
+
+    task, protocol = "<img src=x onerror=alert(2)>", '"><svg onload=alert(3)>'
+    board = tmp_path / "board"
+    run = write_run(board / "submissions" / "evil", {task: [True, False]}, protocol=protocol)
+    summary = RunSummary.model_validate_json((run / "summary.json").read_text())
+    summary.model.adapter = "<b onmouseover=alert(4)>"
+    write_summary(run, summary)
+    build(board)
+    page = (board / "index.html").read_text()
+    assert "<img" not in page and "<svg onload" not in page and "<b " not in page
+    assert "&lt;img src=x onerror=alert(2)&gt;" in page  # the task's column header, escaped
+    assert '<option value="&quot;&gt;&lt;svg onload=alert(3)&gt;">' in page  # the protocol filter
+    assert '<td data-protocols="&quot;&gt;&lt;svg onload=alert(3)&gt;">' in page
+    assert '<td data-family="baseline">baseline</td>' in page  # the family is derived, never the adapter's text
