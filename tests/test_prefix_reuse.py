@@ -250,3 +250,25 @@ def test_records_say_which_samples_shared_a_prefix_of_how_many_positions(tiny, d
         blocks = [[receipt["positions"] for receipt in shared[i]["receipts"]] for i in ids]
         positions = expected_shared_positions(load_chunk_tokenizer(tiny["base"]), prompts, blocks)
         assert prefixes[0]["positions"] == positions > MIN_SHARED_POSITIONS
+
+
+def test_the_questions_on_one_video_share_a_batch_where_batches_stay_full():
+    from mcub.runner.batching import length_sorted_batches
+
+    def questions(counts):
+        return [
+            Sample("t", f"{video}-{q}", f"Question {q}?", (("video", f"v{video}.mp4"),), {}, "a", {})
+            for video, count in enumerate(counts)
+            for q in range(count)
+        ]
+
+    def videos(samples, batches):
+        return [[int(samples[i].id.split("-")[0]) for i in batch] for batch in batches]
+
+    # cut as they come, video 2's questions would be split over the first two batches; video 4's one question
+    # fills the first batch instead
+    samples = questions([3, 4, 2, 5, 1])
+    assert videos(samples, length_sorted_batches(samples, 8)) == [[0] * 3 + [1] * 4 + [4], [2] * 2 + [3] * 5]
+    # with no media set small enough to fill the room, questions are split as they come: batches stay full
+    samples = questions([5, 5, 5])
+    assert videos(samples, length_sorted_batches(samples, 8)) == [[0] * 5 + [1] * 3, [1] * 2 + [2] * 5]
