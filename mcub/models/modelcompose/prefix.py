@@ -1,6 +1,6 @@
 """Shared prefixes: the samples of a batch whose inputs start alike (the same token ids, the same media blocks at the
 same positions, hence the same routes) are grouped, so that the composed LM prefills each shared prefix once and
-branches its KV cache to each sample's suffix (see `ComposedLM.pack_shared`)."""
+branches its KV cache to each sample's suffix (`pack_shared`; `ComposedLM` runs the result)."""
 
 from __future__ import annotations
 
@@ -36,11 +36,7 @@ def common_positions(first: Sequence[Span], second: Sequence[Span]) -> int:
         if one.route != other.route:
             break
         if one.embeddings is None and other.embeddings is None:
-            same = 0
-            for a, b in zip(one.token_ids, other.token_ids, strict=False):
-                if a != b:
-                    break
-                same += 1
+            same = len(one) if one.token_ids == other.token_ids else _common_length(one.token_ids, other.token_ids)
             shared += same
             if same != len(one) or same != len(other):
                 break
@@ -49,6 +45,13 @@ def common_positions(first: Sequence[Span], second: Sequence[Span]) -> int:
         else:
             break
     return shared
+
+
+def _common_length(first: tuple[int, ...], second: tuple[int, ...]) -> int:
+    for index, (a, b) in enumerate(zip(first, second, strict=False)):
+        if a != b:
+            return index
+    return min(len(first), len(second))
 
 
 def shared_prefixes(samples: Sequence[Sequence[Span]], min_positions: int = MIN_SHARED_POSITIONS) -> list[PrefixGroup]:
