@@ -105,10 +105,15 @@ def test_shared_prefill_equals_the_unshared_one(routes, min_positions):
     shared = pack_shared(model, rows, groups)
     dense = model.pack(rows)
     width = shared.suffixes.embeddings.shape[1]
+    # a row in no group prefills all but the longest suffix of a group's row (7) with the prefixes (row 5 is shorter:
+    # it runs whole), so the cache is as wide as the longest input
+    assert width == 7
+    assert shared.offsets.tolist() == ([20, 20, 20, 6, 7, 0] if min_positions == 13 else [20, 20, 20, 12, 12, 0])
+    assert shared.shared.tolist() == [1, 1, 1, 1, 1, 0]
+    assert shared.prefixes.embeddings.shape[1] + width == dense.embeddings.shape[1]
     reused, unshared = model.prefill_logits(shared), model.prefill_logits(dense)
     for row, spans in enumerate(rows):
-        offset = next((group.positions for group in groups if row in group.rows), 0)
-        own = sum(map(len, spans)) - offset
+        own = sum(map(len, spans)) - int(shared.offsets[row])
         assert torch.allclose(reused[row, width - own :], unshared[row, -own:], atol=1e-5, rtol=0)
     alone = [model.prefill_logits(model.pack([spans]))[0, -1] for spans in rows]
     assert torch.allclose(reused[:, -1], torch.stack(alone), atol=1e-5, rtol=0)
@@ -119,7 +124,14 @@ def test_shared_greedy_tokens_and_option_logprobs_equal_the_unshared_ones(routes
     model = composed(routes)
     rows = batch_rows()
     shared = pack_shared(model, rows, shared_prefixes(rows, min_positions=3))
-    assert model.generate(shared, 6, eos_id=-1) == model.generate(model.pack(rows), 6, eos_id=-1)
+    generated = model.generate(shared, 6, eos_id=-1)
+    assert generated == model.generate(model.pack(rows), 6, eos_id=-1)
+    assert len({token for tokens in generated for token in tokens}) > 3
+    for spans, tokens in zip(rows, generated, strict=True):  # greedy on the branched cache = re-running it all
+        extended = list(spans)
+        for expected in tokens:
+            assert int(model.prefill_logits(model.pack([extended]))[0, -1].argmax()) == expected
+            extended.append(Span(LANGUAGE, token_ids=(expected,)))
     options = [[(5,), (9, 3), (7, 7, 2)], [(1,)], [(2, 4), (6,)], [(8, 1, 1, 1)], [(3,), (4,)], [(5,), (6, 1)]]
     reused = model.continuation_logprobs(pack_shared(model, rows, shared_prefixes(rows, 3)), options)
     unshared = model.continuation_logprobs(model.pack(rows), options)

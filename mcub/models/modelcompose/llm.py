@@ -41,10 +41,10 @@ class PackedBatch:
 
 @dataclass
 class SharedPrefixBatch:
-    """A batch whose shared prefixes are prefilled once (see `prefix.py`): `prefixes` holds one row per prefix,
-    `suffixes` one row per sample (what follows its prefix; its whole input when it shares none), `owner` the prefix
-    row whose cache each sample branches from, `shared` (1 or 0) whether it reads that prefix at all, and `offsets`
-    the positions of its prefix."""
+    """A batch whose shared prefixes are prefilled once (see `prefix.py`): `prefixes` holds one row per prefix (of a
+    group of samples, or of one sample's own input), `suffixes` one row per sample (what follows its prefix; its
+    whole input when it has none), `owner` the prefix row whose cache each sample branches from, `shared` (1 or 0)
+    whether it reads that prefix at all, and `offsets` the positions of its prefix."""
 
     prefixes: PackedBatch
     suffixes: PackedBatch

@@ -78,20 +78,28 @@ def shared_prefixes(samples: Sequence[Sequence[Span]], min_positions: int = MIN_
 
 
 def pack_shared(lm: ComposedLM, samples: Sequence[Sequence[Span]], groups: Sequence[PrefixGroup]) -> SharedPrefixBatch:
-    """The batch of `samples` with each group's prefix (its first row's) packed once and every row's suffix after it;
-    rows in no group read no prefix and run whole in the suffixes."""
+    """The batch of `samples` with each group's prefix (its first row's) packed once and every row's suffix after it.
+    A row in no group prefills its own input but the last positions alongside the prefixes, as many as the longest
+    suffix of a group's row (a shorter row runs whole in the suffixes), so that the cache is about as wide as the
+    longest input, not the longest prefix plus the longest input."""
     import torch
 
+    lengths = [sum(map(len, spans)) for spans in samples]
     owner, shared, offsets = [0] * len(samples), [0] * len(samples), [0] * len(samples)
     for index, group in enumerate(groups):
         for row in group.rows:
             owner[row], shared[row], offsets[row] = index, 1, group.positions
-    prefixes = lm.pack([split_spans(samples[group.rows[0]], group.positions)[0] for group in groups])
-    suffixes = lm.pack([split_spans(spans, offsets[row])[1] for row, spans in enumerate(samples)])
+    width = max(lengths[row] - group.positions for group in groups for row in group.rows)
+    prefixes = [split_spans(samples[group.rows[0]], group.positions)[0] for group in groups]
+    for row, length in enumerate(lengths):
+        if not shared[row] and length > width:
+            owner[row], shared[row], offsets[row] = len(prefixes), 1, length - width
+            prefixes.append(split_spans(samples[row], length - width)[0])
+    suffixes = [split_spans(spans, offsets[row])[1] for row, spans in enumerate(samples)]
     device = lm.device
     return SharedPrefixBatch(
-        prefixes,
-        suffixes,
+        lm.pack(prefixes),
+        lm.pack(suffixes),
         torch.tensor(owner).to(device, non_blocking=True),
         torch.tensor(shared).to(device, non_blocking=True),
         torch.tensor(offsets).to(device, non_blocking=True),
