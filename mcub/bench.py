@@ -2,9 +2,11 @@
 time): the dense forward of an MCUB-4-shaped DAMC sample (3,380 positions, the roofline), the composed
 (routed-LoRA) forward of the same shape, each encoder, and the end-to-end evaluation of an MCUB-4-format task
 whose realistic media the bench writes (336 px images, 10 s 320x240 mp4 at 30 fps, 10 s wav, 8,192-point npy),
-decoded by the real pipeline. Prints tables and writes a JSON file with the device name, every time,
-samples/s and the ratios to the roofline. `--shape tiny` scales all of it down (a 342-position sample, 1 s media,
-fewer iterations) to check in seconds on a CPU that the bench runs; its figures are not throughput figures."""
+decoded by the real pipeline; and a MUSIC-AVQA-shaped prefill (four questions per video on the same video and audio)
+with and without shared-prefix reuse, against the dense prefill of the same samples. Prints tables and writes a
+JSON file with the device name, every time, samples/s and the ratios to the roofline. `--shape tiny` scales all of
+it down (a 342-position sample, 1 s media, fewer iterations) to check in seconds on a CPU that the bench runs; its
+figures are not throughput figures."""
 
 from __future__ import annotations
 
@@ -37,6 +39,11 @@ MCUB4_LAYOUT = [
 ]
 LAYOUTS = {"7b": MCUB4_LAYOUT, "tiny": [(route, -(-length // 10)) for route, length in MCUB4_LAYOUT]}
 """The synthetic sample of each shape: MCUB-4's spans, over ten (rounded up: 342 positions) at the tiny shape."""
+# A MUSIC-AVQA video+audio prompt up to its question: the system text and "USER: ", the video block (as in MCUB-4),
+# the audio block, the newline; then questions of these lengths (" ASSISTANT:" included). Over ten at the tiny shape.
+MUSIC_AVQA_LAYOUT = [("language", 40), ("video", 2066), ("language", 2), ("audio", 42), ("language", 2)]
+MUSIC_AVQA_QUESTION_TOKENS = (14, 18, 22, 26)
+MUSIC_AVQA_SCALE = {"7b": 1, "tiny": 10}
 DEFAULTS: dict[str, dict[str, Any]] = {
     "7b": {
         "batch_sizes": "1,8",
@@ -46,6 +53,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "end_to_end": 64,
         "end_to_end_batch_size": 8,
         "workers": 4,
+        "music_avqa_batch_size": 8,
         "dtype": "bfloat16",
         "threads": None,
         "new_tokens": 128,
@@ -58,6 +66,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "end_to_end": 8,
         "end_to_end_batch_size": 4,
         "workers": 2,
+        "music_avqa_batch_size": 4,
         "dtype": "float32",
         "threads": 1,
         "new_tokens": 16,
@@ -130,6 +139,49 @@ def synthetic_spans(layout: list[tuple[str, int]], hidden: int, vocab: int, devi
     return spans
 
 
+def music_avqa_spans(shape_name: str, batch_size: int, hidden: int, vocab: int, device: str, dtype):
+    """`batch_size` MUSIC-AVQA-shaped samples: each video's questions (four) share its video and audio blocks and the
+    text before the question; every prompt starts with the same system text."""
+    import torch
+
+    from mcub.models.modelcompose.llm import Span
+
+    scale = MUSIC_AVQA_SCALE[shape_name]
+    layout = [(route, -(-length // scale)) for route, length in MUSIC_AVQA_LAYOUT]
+    generator = torch.Generator().manual_seed(7)
+    system = Span("language", token_ids=tuple(torch.randint(3, vocab, (layout[0][1],), generator=generator).tolist()))
+    samples, video = [], []
+    for row in range(batch_size):
+        index, question = divmod(row, len(MUSIC_AVQA_QUESTION_TOKENS))
+        if question == 0:
+            video = [system, *synthetic_spans(layout[1:], hidden, vocab, device, dtype, seed=100 + index)]
+        length = -(-MUSIC_AVQA_QUESTION_TOKENS[question] // scale)
+        text = Span("language", token_ids=tuple(torch.randint(3, vocab, (length,), generator=generator).tolist()))
+        samples.append([*video, text])
+    return samples
+
+
+def music_avqa_prefill(model, samples, prefill, device: str, warmup: int, iterations: int) -> dict[str, Any]:
+    """The composed prefill of MUSIC-AVQA-shaped samples, each whole and with shared prefixes once, and how far
+    their last logits differ (`prefill(batch, plan)` as in run_bench; LoRA installed)."""
+    from mcub.models.modelcompose.prefix import pack_shared, shared_prefixes
+
+    whole = model.pack(samples)
+    groups = shared_prefixes(samples)
+    shared = pack_shared(model, samples, groups)
+    composed_s = seconds_per_call(lambda: prefill(whole, whole.plan), device, warmup, iterations)
+    shared_s = seconds_per_call(lambda: model.prompt_logits(shared), device, warmup, iterations)
+    reference, reused = prefill(whole, whole.plan).float(), model.prompt_logits(shared).float()
+    return {
+        "composed_s": composed_s,
+        "composed_shared_prefixes_s": shared_s,
+        "shared_positions": [group.positions for group in groups],
+        "samples_sharing": sum(len(group.rows) for group in groups),
+        "shared_max_logit_difference": float((reused - reference).abs().max()),
+        "shared_argmax_agreement": float((reused.argmax(-1) == reference.argmax(-1)).float().mean()),
+    }
+
+
 def seconds_per_call(function, device: str, warmup: int, iterations: int) -> float:
     import torch
 
@@ -145,7 +197,8 @@ def seconds_per_call(function, device: str, warmup: int, iterations: int) -> flo
     return (time.perf_counter() - start) / iterations
 
 
-def run_bench(shape_name: str, batch_sizes: list[int], device: str, dtype_name: str, warmup: int, iterations: int):
+def run_bench(shape_name: str, batch_sizes: list[int], device: str, dtype_name: str, warmup: int, iterations: int,
+              music_avqa_batch_size: int = 0):  # fmt: skip
     import torch
 
     from mcub.models.modelcompose.llm import ComposedLM
@@ -170,6 +223,10 @@ def run_bench(shape_name: str, batch_sizes: list[int], device: str, dtype_name: 
         size: seconds_per_call(lambda b=batch: prefill(b, None), device, warmup, iterations)
         for size, batch in batches.items()
     }
+    if music_avqa_batch_size:
+        music = music_avqa_spans(shape_name, music_avqa_batch_size, shape["hidden"], shape["vocab"], device, dtype)
+        music_whole = model.pack(music)
+        music_dense_s = seconds_per_call(lambda: prefill(music_whole, None), device, warmup, iterations)
     adapters, routes = damc_adapters(llama, shape["rank"], device, dtype)
     install_routed_lora(llama.model.layers, adapters, routes, state)
     del adapters
@@ -194,6 +251,20 @@ def run_bench(shape_name: str, batch_sizes: list[int], device: str, dtype_name: 
             "everywhere_over_dense": everywhere[size] / dense[size],
         })  # fmt: skip
     cuda = device.startswith("cuda")
+    music_avqa = None
+    if music_avqa_batch_size:
+        timed = music_avqa_prefill(model, music, prefill, device, warmup, iterations)
+        dense_rate = music_avqa_batch_size / music_dense_s
+        music_avqa = {
+            "batch_size": music_avqa_batch_size,
+            "questions_per_video": len(MUSIC_AVQA_QUESTION_TOKENS),
+            "positions_per_sample": [sum(map(len, spans)) for spans in music],
+            "dense_s": music_dense_s,
+            **timed,
+            "dense_samples_per_s": dense_rate,
+            "composed_over_dense_samples_per_s": music_avqa_batch_size / timed["composed_s"] / dense_rate,
+            "shared_over_dense_samples_per_s": music_avqa_batch_size / timed["composed_shared_prefixes_s"] / dense_rate,
+        }
     return {
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "throughput_figures": cuda,
@@ -204,6 +275,7 @@ def run_bench(shape_name: str, batch_sizes: list[int], device: str, dtype_name: 
         "torch_threads": torch.get_num_threads(),
         "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None,
         "rows": rows,
+        "music_avqa": music_avqa,
     }
 
 
@@ -507,6 +579,24 @@ def print_table(result: dict[str, Any], out=None) -> None:
             f"{row['everywhere_over_dense']:.3f} | {row['dense_samples_per_s']:.2f} |",
             file=out,
         )
+    if result.get("music_avqa"):
+        music = result["music_avqa"]
+        print(
+            f"MUSIC-AVQA-shaped prefill: batch {music['batch_size']}, {music['questions_per_video']} questions per "
+            f"video, {music['samples_sharing']} samples sharing prefixes of {music['shared_positions']} positions "
+            f"(max logit difference {music['shared_max_logit_difference']:.2e}, argmax agreement "
+            f"{music['shared_argmax_agreement']:.3f}), samples/s as a ratio to the dense prefill's:",
+            file=out,
+        )
+        print("| prefill | s | samples/s over dense |", file=out)
+        print("|---|---:|---:|", file=out)
+        for name, seconds, ratio in (
+            ("dense", music["dense_s"], 1.0),
+            ("composed DAMC", music["composed_s"], music["composed_over_dense_samples_per_s"]),
+            ("composed DAMC, shared prefixes", music["composed_shared_prefixes_s"],
+             music["shared_over_dense_samples_per_s"]),
+        ):  # fmt: skip
+            print(f"| {name} | {seconds:.4f} | {ratio:.3f} |", file=out)
     if result.get("end_to_end"):
         e2e = result["end_to_end"]
         cached = e2e["warm_feature_cache"]
@@ -559,6 +649,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--end-to-end", type=int, help=_by_shape("end_to_end", " samples (0: none)"))
     parser.add_argument("--end-to-end-batch-size", type=int, help=_by_shape("end_to_end_batch_size"))
     parser.add_argument("--workers", type=int, help=_by_shape("workers", " (at most the CPU cores)"))
+    parser.add_argument(
+        "--music-avqa-batch-size", type=int, help=_by_shape("music_avqa_batch_size", " (0: no MUSIC-AVQA prefill)")
+    )
     parser.add_argument("--new-tokens", type=int, help=_by_shape("new_tokens", " at most per end-to-end answer"))
     parser.add_argument("--json", type=Path, default=Path("bench.json"))
     parser.add_argument("--profile", type=Path, help="write the torch profiler table of two end-to-end batches here")
@@ -585,7 +678,9 @@ def run_all(args: argparse.Namespace, workers: int) -> dict[str, Any]:
         {int(size) for size in args.batch_sizes.split(",")}
         | ({args.end_to_end_batch_size} if args.end_to_end else set())
     )
-    result = run_bench(args.shape, sizes, args.device, args.dtype, args.warmup, args.iterations)
+    result = run_bench(
+        args.shape, sizes, args.device, args.dtype, args.warmup, args.iterations, args.music_avqa_batch_size
+    )
     encoder_sizes = [int(size) for size in args.encoder_batch_sizes.split(",") if size]
     if encoder_sizes:
         result["encoders"] = encoder_throughput(

@@ -117,6 +117,15 @@ class MediaReceipt(_Frozen):
     """What of the input was consumed: frames, audio seconds, points, bytes sent and their sha256, ..."""
 
 
+class SharedPrefix(_Frozen):
+    """The leading input positions a sample shared with other samples of its batch: the model computed them once for
+    them all (the same prompt text, media and positions) and went on from there for each."""
+
+    positions: int
+    samples: list[str]
+    """The ids of the samples that shared them, this one included, in batch order."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How one output was read: the answer taken from it, by which rule, and whether it is right."""
@@ -181,6 +190,9 @@ class Record(BaseModel):
     """The sample's extra fields (question type, ...) used by breakdowns."""
     timing: dict[str, float]
     """decode_s (worker time on the media), model_s (model time per sample of its batch)."""
+    prefix: SharedPrefix | None = None
+    """The input prefix the sample shared with others of its batch (None: it shared none, or its model does not
+    share prefixes)."""
 
 
 def record_view(name: str, fields: tuple[str, ...], doc: str) -> type[BaseModel]:

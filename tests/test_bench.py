@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from mcub.bench import CPU_NOTE, LAYOUTS, MCUB4_LAYOUT, main
 
 
@@ -38,5 +40,16 @@ def test_bench_runs_the_tiny_shape_and_writes_its_ratios(tmp_path, capsys):
     assert {f"mcub projector {m}" for m in ("image", "video", "audio", "point")} < set(stages)
     assert stages["mcub batch"]["calls"] == 2 and stages["mcub batch"]["host_ms"] > 0
     assert stages["mcub llm forward (prefill, then one per new token)"]["calls"] >= 2
+    music = result["music_avqa"]
+    assert music["batch_size"] == 4 and music["questions_per_video"] == 4
+    assert music["positions_per_sample"] == [218 + 2, 218 + 2, 218 + 3, 218 + 3]  # questions of 14 to 26 over ten
+    assert music["shared_positions"] == [4 + 207 + 1 + 5 + 1] and music["samples_sharing"] == 4
+    assert music["shared_max_logit_difference"] < 1e-5 and music["shared_argmax_agreement"] == 1.0
+    assert music["dense_samples_per_s"] == 4 / music["dense_s"]
+    shared_rate = 4 / music["composed_shared_prefixes_s"]
+    assert music["shared_over_dense_samples_per_s"] == pytest.approx(shared_rate / music["dense_samples_per_s"])
+    composed_rate = 4 / music["composed_s"]
+    assert music["composed_over_dense_samples_per_s"] == pytest.approx(composed_rate / music["dense_samples_per_s"])
     out = capsys.readouterr().out
     assert "| 1 |" in out and "| warm feature cache |" in out and f"note: {CPU_NOTE}" in out
+    assert "| composed DAMC, shared prefixes |" in out

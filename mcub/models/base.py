@@ -17,7 +17,7 @@ from mcub.media import MediaInput
 from mcub.modalities import Modality
 from mcub.models.arguments import AdapterArguments
 from mcub.models.feature_cache import FeatureCache
-from mcub.schema import MediaReceipt, ModelDescription, Sample, Stop
+from mcub.schema import MediaReceipt, ModelDescription, Sample, SharedPrefix, Stop
 
 MODELS_DIR = Path(__file__).resolve().parent.parent.parent / "models"
 # Each adapter's typed arguments (`module:class`, importable without torch); they name the model's builder.
@@ -51,12 +51,14 @@ class Runtime:
 class PreparedBatch:
     """Samples made ready for a model: `prompts` are the rendered prompts, `inputs` the model's own tensors, and
     `receipts` per sample what the model consumes of each of its media inputs (set by `prepare`, or by `generate`
-    and `loglik` where only the answer shows it; see `mcub.runner.receipts`)."""
+    and `loglik` where only the answer shows it; see `mcub.runner.receipts`); `prefixes` per sample the input prefix
+    it shares with others of the batch (None where it shares none)."""
 
     samples: list[Sample]
     prompts: list[str]
     inputs: Any = None
     receipts: list[list[MediaReceipt]] | None = None
+    prefixes: list[SharedPrefix | None] | None = None
 
 
 class Model(ABC):

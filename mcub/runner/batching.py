@@ -15,10 +15,18 @@ AUTO_BATCH_SIZES = (64, 32, 16, 8, 4, 2, 1)
 CPU_MAX_BATCH_SIZE = 8
 
 
+LOOKAHEAD_MEDIA_SETS = 8
+"""How many of the following media sets may fill a batch's room, so that the questions on the next media set, which
+would not fit in that room, need not be split over two batches."""
+
+
 def length_sorted_batches(samples: list[Sample], batch_size: int) -> list[list[int]]:
     """Indices into `samples`, batched so that samples of similar cost (media count, prompt length) share a
     batch, and questions on the same media files sit side by side (the model encodes shared media once per
-    batch); the costliest batches come first, so memory problems show at once."""
+    batch, and prefills their shared prefix once); the costliest batches come first, so memory problems show at once.
+
+    The questions on one media set that fit in a batch are kept in one where one of the next LOOKAHEAD_MEDIA_SETS
+    media sets fills the room they leave (so batches stay full); otherwise they are split as they come."""
     longest: dict[tuple, int] = {}
     for sample in samples:
         longest[sample.media] = max(longest.get(sample.media, 0), len(sample.prompt))
@@ -27,8 +35,29 @@ def length_sorted_batches(samples: list[Sample], batch_size: int) -> list[list[i
         sample = samples[i]
         return (-len(sample.media), -longest[sample.media], sample.media, -len(sample.prompt), i)
 
-    order = sorted(range(len(samples)), key=cost)
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    pending: list[list[int]] = []
+    for index in sorted(range(len(samples)), key=cost):
+        if pending and samples[pending[-1][0]].media == samples[index].media:
+            pending[-1].append(index)
+        else:
+            pending.append([index])
+    pending.reverse()  # popped from the end
+    batches: list[list[int]] = []
+    current: list[int] = []
+    while pending:
+        group = pending.pop()
+        if len(current) + len(group) > batch_size >= len(group):
+            for position in range(len(pending) - 1, max(-1, len(pending) - 1 - LOOKAHEAD_MEDIA_SETS), -1):
+                if len(current) + len(pending[position]) <= batch_size:
+                    current += pending.pop(position)
+        for index in group:
+            if len(current) == batch_size:
+                batches.append(current)
+                current = []
+            current.append(index)
+    if current:
+        batches.append(current)
+    return batches
 
 
 def find_batch_size(

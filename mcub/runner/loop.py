@@ -23,7 +23,7 @@ from mcub.runner.batching import find_batch_size, length_sorted_batches
 from mcub.runner.distributed import Distributed
 from mcub.runner.loading import LoadedSample, SampleDataset, load_batches
 from mcub.runner.receipts import receipt_problem
-from mcub.schema import Decoding, MediaReceipt, Record, RecordFigures
+from mcub.schema import Decoding, MediaReceipt, Record, RecordFigures, SharedPrefix
 from mcub.tasks import TaskSpec
 
 
@@ -64,14 +64,15 @@ class Query:
         return [(text, None) for text in texts]
 
     def answer_batch(self, model: Model, items: list[LoadedSample]):
-        """Prepare decoded samples as one batch and ask it: the rendered prompts, the answers and the media receipts
-        (None per sample where the model gave none)."""
+        """Prepare decoded samples as one batch and ask it: the rendered prompts, the answers, the media receipts
+        and the shared input prefixes (None per sample where the model gave none)."""
         prepared = model.prepare([item.sample for item in items], [item.media for item in items])
         answers = self.ask(model, prepared)
         receipts = prepared.receipts if prepared.receipts is not None else [None] * len(items)
         if len(receipts) != len(items):
             raise RunError(f"{type(model).__name__} gave receipts for {len(receipts)} of {len(items)} samples")
-        return list(prepared.prompts), answers, list(receipts)
+        prefixes = prepared.prefixes if prepared.prefixes is not None else [None] * len(items)
+        return list(prepared.prompts), answers, list(receipts), list(prefixes)
 
 
 @dataclass
@@ -157,11 +158,12 @@ def evaluate_batch(
     prompts: list[str | None] = [None] * len(ready)
     answers: list[tuple[str | None, dict[str, float] | None]] = [(None, None)] * len(ready)
     receipts: list[list[MediaReceipt] | None] = [None] * len(ready)
+    prefixes: list[SharedPrefix | None] = [None] * len(ready)
     model_error = None
     start = time.perf_counter()
     if ready:
         try:
-            prompts, answers, receipts = query.answer_batch(model, ready)
+            prompts, answers, receipts, prefixes = query.answer_batch(model, ready)
         except Exception as error:  # noqa: BLE001 - recorded per sample below; strict mode re-raises
             if settings.strict:
                 raise
@@ -185,6 +187,8 @@ def evaluate_batch(
                 raise RunError(f"{data.task.name} sample {item.sample.id}: {error}")
         model_share = model_s if index is not None else 0.0
         record = _raw_record(item, data, query, settings.condition, prompt, output, logliks, error, model_share)
+        if posed and prefixes[index] is not None:
+            record = record.model_copy(update={"prefix": prefixes[index]})
         records.append(record.model_copy(update={"receipts": receipt}) if posed and model.reads_media else record)
     return records
 

@@ -21,7 +21,8 @@ class ModelComposeArguments(AdapterArguments):
     modality (only those of the model's modalities are used; the others fall back on the checkpoints'
     config.json); `point_encoder` holds Point-BERT config fields when its weights are not the released size;
     `feature_cache` is a directory where encoder features are kept between runs; `allow_nonfinite_weights` loads
-    checkpoints holding NaN or infinities (for debugging: refused otherwise)."""
+    checkpoints holding NaN or infinities (for debugging: refused otherwise); `share_prefixes: false` prefills every
+    sample whole, never a prefix shared by samples of a batch once (the same results up to the dtype's rounding)."""
 
     builder: ClassVar[str] = "mcub.models.modelcompose.model:ModelComposeModel"
     cuda_dtype: ClassVar[str] = "float16"  # as the authors ran every ModelCompose model
@@ -39,6 +40,7 @@ class ModelComposeArguments(AdapterArguments):
     point_encoder: dict[str, int] | None = None
     feature_cache: str | None = None
     allow_nonfinite_weights: bool = False
+    share_prefixes: bool = True
 
     @model_validator(mode="before")
     @classmethod
@@ -95,7 +97,8 @@ class ModelComposeArguments(AdapterArguments):
 
 
 class TinyDamcArguments(AdapterArguments):
-    """The tiny DAMC of four tiny experts, generated on first use under `cache_dir` (default ~/.cache/mcub)."""
+    """The tiny DAMC of four tiny experts, generated on first use under `cache_dir` (default ~/.cache/mcub); the
+    other arguments are ModelComposeArguments'."""
 
     builder: ClassVar[str] = "mcub.models.modelcompose.tiny:build_tiny_damc"
     cuda_dtype: ClassVar[str] = "float16"
@@ -106,6 +109,7 @@ class TinyDamcArguments(AdapterArguments):
     composition_args: dict[str, Any] = {}
     lambdas: dict[Modality, float] | None = None
     feature_cache: str | None = None
+    share_prefixes: bool = True
 
     @model_validator(mode="before")
     @classmethod

@@ -4,8 +4,9 @@ with its own greedy decoding and continuation scoring (so routing, padding and p
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -15,11 +16,14 @@ from mcub.models.modelcompose.lora import LANGUAGE, RoutePlan, RoutingState
 
 @dataclass(frozen=True)
 class Span:
-    """A run of input positions: token ids (text) or embeddings (a modality block: prefix, features, suffix)."""
+    """A run of input positions: token ids (text) or embeddings (a modality block: prefix, features, suffix). A
+    block's `source` names what it was made from (media content and preprocessing): blocks of one source are the
+    same input (None: known only as itself)."""
 
     route: str
     token_ids: tuple[int, ...] = ()
     embeddings: Tensor | None = None
+    source: Hashable | None = None
 
     def __len__(self) -> int:
         return len(self.token_ids) if self.embeddings is None else self.embeddings.shape[0]
@@ -33,6 +37,32 @@ class PackedBatch:
     attention_mask: Tensor
     position_ids: Tensor
     plan: RoutePlan
+
+
+@dataclass
+class SharedPrefixBatch:
+    """A batch whose shared prefixes are prefilled once (see `prefix.py`): `prefixes` holds one row per prefix (of a
+    group of samples, or of one sample's own input), `suffixes` one row per sample (what follows its prefix; its
+    whole input when it has none), `owner` the prefix row whose cache each sample branches from, `shared` (1 or 0)
+    whether it reads that prefix at all, and `offsets` the positions of its prefix."""
+
+    prefixes: PackedBatch
+    suffixes: PackedBatch
+    owner: Tensor
+    shared: Tensor
+    offsets: Tensor
+
+
+@dataclass
+class Prefill:
+    """What a prefill leaves for the positions after it: the hidden states of the positions it computed last (every
+    position, or the suffixes' of a SharedPrefixBatch), the cache, the attention mask over the cache and each row's
+    last position."""
+
+    hidden: Tensor
+    cache: Any
+    attention_mask: Tensor
+    last_positions: Tensor
 
 
 class ComposedLM:
@@ -106,6 +136,20 @@ class ComposedLM:
         cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
         return output.last_hidden_state, cache
 
+    def _prefill(self, batch: PackedBatch | SharedPrefixBatch) -> Prefill:
+        """The prompt's forward pass; for a SharedPrefixBatch, the prefixes once, their cache copied to each row that
+        shares one (the others see it masked out), then every row's suffix on that cache."""
+        if isinstance(batch, PackedBatch):
+            hidden, cache = self._forward(batch.embeddings, batch.attention_mask, batch.position_ids, batch.plan)
+            return Prefill(hidden, cache, batch.attention_mask, batch.position_ids[:, -1:])
+        prefixes, suffixes = batch.prefixes, batch.suffixes
+        _, cache = self._forward(prefixes.embeddings, prefixes.attention_mask, prefixes.position_ids, prefixes.plan)
+        cache.batch_select_indices(batch.owner)
+        mask = torch.cat([prefixes.attention_mask[batch.owner] * batch.shared[:, None], suffixes.attention_mask], 1)
+        positions = suffixes.position_ids + batch.offsets[:, None]
+        hidden, cache = self._forward(suffixes.embeddings, mask, positions, suffixes.plan, cache)
+        return Prefill(hidden, cache, mask, positions[:, -1:])
+
     @torch.inference_mode()
     def last_logits(self, batch: PackedBatch, plan: RoutePlan | None) -> Tensor:
         """The logits of each row's last position after a prefill routed by `plan` (None: the base weights alone,
@@ -114,24 +158,29 @@ class ComposedLM:
         return self.llama.lm_head(hidden[:, -1])
 
     @torch.inference_mode()
-    def prefill_logits(self, batch: PackedBatch) -> Tensor:
-        """Logits of every position (for tests and references)."""
-        hidden, _ = self._forward(batch.embeddings, batch.attention_mask, batch.position_ids, batch.plan)
-        return self.llama.lm_head(hidden).float()
+    def prompt_logits(self, batch: PackedBatch | SharedPrefixBatch) -> Tensor:
+        """The logits of each row's last position after its prompt's prefill (shared prefixes computed once)."""
+        return self.llama.lm_head(self._prefill(batch).hidden[:, -1])
+
+    @torch.inference_mode()
+    def prefill_logits(self, batch: PackedBatch | SharedPrefixBatch) -> Tensor:
+        """Logits of every position (of the suffixes, for a SharedPrefixBatch), for tests and references."""
+        return self.llama.lm_head(self._prefill(batch).hidden).float()
 
     @torch.inference_mode()
     def generate(
         self,
-        batch: PackedBatch,
+        batch: PackedBatch | SharedPrefixBatch,
         max_new_tokens: int,
         eos_id: int,
         finished: Callable[[list[int]], bool] | None = None,
     ) -> list[list[int]]:
         """Greedy new tokens per row, up to EOS (excluded) or `max_new_tokens`, or until `finished(tokens)`."""
-        hidden, cache = self._forward(batch.embeddings, batch.attention_mask, batch.position_ids, batch.plan)
-        logits = self.llama.lm_head(hidden[:, -1])
-        mask, positions = batch.attention_mask, batch.position_ids[:, -1:]
-        rows = batch.embeddings.shape[0]
+        prefill = self._prefill(batch)
+        cache = prefill.cache
+        logits = self.llama.lm_head(prefill.hidden[:, -1])
+        mask, positions = prefill.attention_mask, prefill.last_positions
+        rows = mask.shape[0]
         tokens: list[list[int]] = [[] for _ in range(rows)]
         done = [False] * rows
         for step in range(max_new_tokens):
@@ -155,14 +204,15 @@ class ComposedLM:
 
     @torch.inference_mode()
     def continuation_logprobs(
-        self, batch: PackedBatch, continuations: Sequence[Sequence[Sequence[int]]]
+        self, batch: PackedBatch | SharedPrefixBatch, continuations: Sequence[Sequence[Sequence[int]]]
     ) -> list[list[float]]:
         """Sum of log-probabilities of each row's continuations (token ids) right after its prompt.
 
         The prompt runs once; one more pass over the continuations' tokens (all rows and options together,
         on the prompt's cache) is needed only when some continuation is longer than one token."""
-        hidden, cache = self._forward(batch.embeddings, batch.attention_mask, batch.position_ids, batch.plan)
-        first = torch.log_softmax(self.llama.lm_head(hidden[:, -1]).float(), dim=-1)
+        prefill = self._prefill(batch)
+        cache = prefill.cache
+        first = torch.log_softmax(self.llama.lm_head(prefill.hidden[:, -1]).float(), dim=-1)
         scores = [
             [float(first[row, options[0]]) for options in row_options] for row, row_options in enumerate(continuations)
         ]
@@ -177,8 +227,8 @@ class ComposedLM:
         steps = longest - 1
         ids = torch.tensor([list(options[:-1]) + [0] * (longest - len(options)) for options in flat])
         ids = ids.to(self.device, non_blocking=True)
-        mask = torch.cat([batch.attention_mask[owner], torch.ones_like(ids)], dim=1)
-        positions = batch.position_ids[owner, -1:] + 1 + torch.arange(steps, device=self.device)
+        mask = torch.cat([prefill.attention_mask[owner], torch.ones_like(ids)], dim=1)
+        positions = prefill.last_positions[owner] + 1 + torch.arange(steps, device=self.device)
         embeddings = self.llama.get_input_embeddings()(ids)
         hidden, _ = self._forward(embeddings, mask, positions, None, cache)
         logprobs = torch.log_softmax(self.llama.lm_head(hidden).float(), dim=-1)
@@ -199,4 +249,4 @@ def _extend(ranges: list[tuple[int, int]], start: int, end: int) -> None:
         ranges.append((start, end))
 
 
-__all__ = ["LANGUAGE", "ComposedLM", "PackedBatch", "Span"]
+__all__ = ["LANGUAGE", "ComposedLM", "PackedBatch", "SharedPrefixBatch", "Span"]

@@ -3,6 +3,7 @@ and projectors of its modalities, behind the harness's Model interface."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,12 @@ from mcub.models.modelcompose.checkpoint import Checkpoint, read_checkpoint
 from mcub.models.modelcompose.components import Component, resolve_components
 from mcub.models.modelcompose.compose import Composition, compose_merged
 from mcub.models.modelcompose.language_merges import compose_by_method
-from mcub.models.modelcompose.llm import LANGUAGE, ComposedLM, Span
+from mcub.models.modelcompose.llm import LANGUAGE, ComposedLM, PackedBatch, SharedPrefixBatch, Span
+from mcub.models.modelcompose.prefix import PrefixGroup, pack_shared, shared_prefixes
 from mcub.models.modelcompose.tokenization import load_chunk_tokenizer
 from mcub.models.weight_hashes import weight_hashes
 from mcub.prompts import vicuna_v1
-from mcub.schema import MediaReceipt, ModelDescription, Sample
+from mcub.schema import MediaReceipt, ModelDescription, Sample, SharedPrefix
 
 MEDIA_PREPROCESSING: dict[Modality, str] = {
     "image": "clip-336-pad",
@@ -84,6 +86,7 @@ class ModelComposeModel(Model):
             for m, path in self.encoder_paths.items()
         }
         self._assemble(runtime, self.composition, llama, load_chunk_tokenizer(self.base_path), encoder_modules)
+        self.share_prefixes = arguments.share_prefixes
         self.feature_cache = (
             FeatureCache(
                 Path(arguments.feature_cache).expanduser(),
@@ -99,13 +102,16 @@ class ModelComposeModel(Model):
         )
 
     @classmethod
-    def from_parts(cls, runtime: Runtime, composition: Composition, llama, tokenizer, encoders) -> ModelComposeModel:
+    def from_parts(
+        cls, runtime: Runtime, composition: Composition, llama, tokenizer, encoders, share_prefixes: bool = True
+    ) -> ModelComposeModel:
         """A model from parts already in memory (benchmarks with random weights), without a feature cache until one
         is set as `feature_cache`."""
         model = cls.__new__(cls)
         model.base_path = None
         model.encoder_paths = {}
         model.feature_cache = None
+        model.share_prefixes = share_prefixes
         model._assemble(runtime, composition, llama, tokenizer, encoders)
         return model
 
@@ -153,8 +159,8 @@ class ModelComposeModel(Model):
         encoded = [self.tokenizer.encode_prompt(prompt) for prompt in prompts]
         blocks = self._modality_blocks(samples, media)
         spans = []
-        for sample, tokens, sample_blocks in zip(samples, encoded, blocks, strict=True):
-            own_blocks = iter(sample_blocks)
+        for sample, tokens, sample_blocks, items in zip(samples, encoded, blocks, media, strict=True):
+            own_blocks = iter(zip(sample_blocks, items, strict=True))
             sample_spans: list[Span] = []
             text: list[int] = []
             for token in tokens:
@@ -164,15 +170,29 @@ class ModelComposeModel(Model):
                 if text:
                     sample_spans.append(Span(LANGUAGE, token_ids=tuple(text)))
                     text = []
-                modality, block = next(own_blocks)
+                (modality, block), item = next(own_blocks)
                 if modality != token:
                     raise UnsupportedInput(f"sample {sample.id}: a {token} placeholder meets {modality} media")
-                sample_spans.append(Span(self.composition.modalities[modality].route, embeddings=block))
+                route = self.composition.modalities[modality].route
+                sample_spans.append(Span(route, embeddings=block, source=_block_source(item)))
             if text:
                 sample_spans.append(Span(LANGUAGE, token_ids=tuple(text)))
             spans.append(sample_spans)
         refuse_beyond_context(samples, [sum(map(len, sample_spans)) for sample_spans in spans], self.lm.context_length)
-        return PreparedBatch(samples, prompts, spans, _receipts(media, spans))
+        prefixes: list[SharedPrefix | None] = [None] * len(samples)
+        for group in self._prefix_groups(spans):
+            ids = [samples[row].id for row in group.rows]
+            for row in group.rows:
+                prefixes[row] = SharedPrefix(positions=group.positions, samples=ids)
+        return PreparedBatch(samples, prompts, spans, _receipts(media, spans), prefixes)
+
+    def _prefix_groups(self, spans: list[list[Span]]) -> list[PrefixGroup]:
+        return shared_prefixes(spans) if self.share_prefixes else []
+
+    def _pack(self, spans: list[list[Span]]) -> PackedBatch | SharedPrefixBatch:
+        """The LLM's input for a prepared batch: with its shared prefixes (those `prepare` reported) computed once."""
+        groups = self._prefix_groups(spans)
+        return pack_shared(self.lm, spans, groups) if groups else self.lm.pack(spans)
 
     @torch.inference_mode()
     def _modality_blocks(
@@ -236,7 +256,7 @@ class ModelComposeModel(Model):
         return encoder(stacked["pixel_values"].to(dtype))
 
     def generate(self, batch: PreparedBatch, max_new_tokens: int, stop: Stop = "eos") -> list[str]:
-        packed = self.lm.pack(batch.inputs)
+        packed = self._pack(batch.inputs)
         finished = (
             (lambda tokens: first_character_complete(self.tokenizer.decode(tokens)))
             if stop == "first-character"
@@ -246,7 +266,7 @@ class ModelComposeModel(Model):
         return [self.tokenizer.decode(row) for row in tokens]
 
     def loglik(self, batch: PreparedBatch, continuations: list[list[str]]) -> list[list[float]]:
-        packed = self.lm.pack(batch.inputs)
+        packed = self._pack(batch.inputs)
         token_ids = [[self.tokenizer.encode_text(text) for text in options] for options in continuations]
         return self.lm.continuation_logprobs(packed, token_ids)
 
@@ -276,6 +296,7 @@ class ModelComposeModel(Model):
                 "encoders": {m: str(path) for m, path in self.encoder_paths.items()},
                 "media_preprocessing": self.media_preprocessing,
                 "feature_cache": str(self.feature_cache.directory) if self.feature_cache else None,
+                "share_prefixes": self.share_prefixes,
                 "notes": self.composition.notes,
             },
         )
@@ -310,6 +331,14 @@ def _receipts(media: list[list[MediaInput]], spans: list[list[Span]]) -> list[li
             ]
         )
     return receipts
+
+
+def _block_source(item: MediaInput) -> str | None:
+    """What a modality block is made from, for telling blocks of the same input: the media's whole provenance (file
+    content, preprocessing, frames, window, points), or None where it names no content and preprocessing."""
+    if not (item.provenance.get("sha256") and item.provenance.get("preprocessing")):
+        return None
+    return json.dumps([item.modality, item.provenance], sort_keys=True, default=str)
 
 
 def _content(item: MediaInput, index: int) -> tuple:

@@ -239,6 +239,8 @@ def build_tiny_damc(runtime: Runtime, arguments: TinyDamcArguments) -> ModelComp
     from mcub.models.modelcompose.model import ModelComposeModel
 
     layout = tiny_damc_layout(Path(arguments.cache_dir).expanduser() if arguments.cache_dir else DEFAULT_CACHE)
-    given = arguments.model_dump(include={"composition", "composition_args", "lambdas", "feature_cache"})
+    given = arguments.model_dump(
+        include={"composition", "composition_args", "lambdas", "feature_cache", "share_prefixes"}
+    )
     composed = ModelComposeArguments(**given, **layout)
     return ModelComposeModel(runtime, composed)
