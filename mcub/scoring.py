@@ -9,7 +9,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from mcub.schema import Accuracy, GroupMetrics, MeanScore, Outcome, Record, TaskMetrics
+from mcub.position_bias import position_bias
+from mcub.schema import Accuracy, CircularAccuracy, GroupMetrics, MeanScore, Outcome, Record, TaskMetrics
 
 AUTHORS_STOP = "</s>"
 BOOTSTRAP_RESAMPLES = 2000
@@ -245,8 +246,12 @@ def task_metrics(
         record = records.get(sample_id)
         return ((record.scores or {}).get(name) if record is not None else None) or 0.0
 
+    circular = circular_metrics(gold_ids, records, seed) if is_circular(present) else None
     return TaskMetrics(
         **overall.model_dump(),
+        circular=circular[0] if circular else None,
+        original_order=circular[1] if circular else None,
+        position_bias=position_bias(present),
         scores={name: mean_score([score(i, name) for i in gold_ids], seed) for name in names},
         unparseable=sum(1 for record in present if record.unparseable and not record.error),
         failed_judgements=sum(1 for record in present if (record.judgement or {}).get("error")),
@@ -256,6 +261,34 @@ def task_metrics(
             field: {label: accuracy(n, hits, seed) for label, (n, hits) in sorted(values.items())}
             for field, values in cells.items()
         },
+    )
+
+
+def is_circular(records: Iterable[Record]) -> bool:
+    """Whether the records are of a CircularEval run (their condition includes `circular`)."""
+    from mcub.conditions.circular import KIND
+
+    return any(KIND in record.condition.split("+") for record in records)
+
+
+def circular_metrics(
+    gold_ids: list[str], records: Mapping[str, Record], seed: int
+) -> tuple[CircularAccuracy, Accuracy]:
+    """CircularEval over the items of rotated gold ids (`<item>@r<rotation>`): the items right under every rotation
+    (a rotation without a record or with an error makes its item wrong), and those right under rotation 0."""
+    from mcub.conditions.circular import split_rotation_id
+
+    rotations: dict[str, dict[int, Record | None]] = defaultdict(dict)
+    for sample_id in gold_ids:
+        item, rotation = split_rotation_id(sample_id)
+        rotations[item][rotation] = records.get(sample_id)
+    complete = [all(r is not None and not r.error for r in item.values()) for item in rotations.values()]
+    every = sum(all(r is not None and r.correct for r in item.values()) for item in rotations.values())
+    first = sum(bool(item.get(0) is not None and item[0].correct) for item in rotations.values())
+    circular = accuracy(len(rotations), every, seed)
+    return (
+        CircularAccuracy(**circular.model_dump(), rotations=len(gold_ids), incomplete=complete.count(False)),
+        accuracy(len(rotations), first, seed),
     )
 
 
