@@ -58,6 +58,14 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
         "--model-arg", action="append", default=[], metavar="KEY=VALUE", help="override a model argument"
     )
     add_media_limit_argument(parser)
+    parser.add_argument(
+        "--condition",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="a run condition (drop:M, blank:M, swap:M, shuffle-order, noise:audio=SNR_DB, circular); repeatable, "
+        "applied in the order given",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -81,6 +89,8 @@ def request_values(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
             values[field] = value
     if args.media_limit:
         values["media_limits"] = {**(values.get("media_limits") or {}), **media_limit_values(args.media_limit)}
+    if args.condition:
+        values["conditions"] = args.condition
     if args.model_arg:
         values["model_args"] = merge_args(values.get("model_args") or {}, parse_model_args(args.model_arg))
     scoring = dict(values.get("scoring") or {})

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mcub import __version__
+from mcub.conditions import ConditionError, condition_label, condition_task, edits_decoded_media
 from mcub.data import TaskData, load_task
 from mcub.errors import DataError, RunError, RunInterrupted, Terminated
 from mcub.models.base import ModelSpec
@@ -84,10 +85,10 @@ def plan_run(request: EvalRequest, registry: Registry, log: Log = _stderr) -> Pl
             refusal = arguments.decoding_refusal(protocol.decoding(task, request.max_new_tokens).kind)
             if refusal is not None:
                 raise RunError(f"model {spec.name} cannot run protocol {protocol.name}: {refusal}")
-            data = load_task(task, request.data_paths)
+            data = condition_task(load_task(task, request.data_paths), request.conditions, request.seed)
             if data.unanswered_note:
                 log(data.unanswered_note)
-        except (RunError, ProtocolError, DataError) as error:
+        except (RunError, ProtocolError, DataError, ConditionError) as error:
             reason = str(error)
             if request.tasks:
                 raise RunError(f"cannot run {task.name}: {reason}") from None
@@ -126,6 +127,7 @@ def identity(request: EvalRequest, plan: Plan) -> dict:
         "seed": request.seed,
         "limit": request.limit,
         "dtype": plan.dtype,
+        "conditions": request.conditions,
     }
 
 
@@ -178,10 +180,15 @@ def _run_in(
     lacking = plan.modalities - set(model.modalities)
     if lacking:
         raise RunError(f"model {plan.spec.name} is declared with {', '.join(sorted(lacking))}, which it lacks")
+    edited = edits_decoded_media(request.conditions)
+    if edited and model.media_preprocessing is None:
+        raise RunError(f"condition {', '.join(edited)} changes decoded media, and model {plan.spec.name} has no media "
+                       "decoded by the harness (it reads the files itself, or none)")  # fmt: skip
     if dist.is_main:
         check_identity(run_dir, {**expected, "weights": description.weights})
     settings = RunSettings(request.batch_size, request.num_workers, request.strict, request.limit,
-                           pin_memory=device.startswith("cuda"), media_limits=request.limits)  # fmt: skip
+                           pin_memory=device.startswith("cuda"), media_limits=request.limits,
+                           condition=condition_label(request.conditions))  # fmt: skip
     notes: dict[str, list[str]] = {}
     files: dict[str, RecordFile | None] = {}
     for data in plan.datasets:
@@ -223,6 +230,7 @@ def _run_in(
             dtype=plan.dtype,
             world_size=dist.world_size,
             media_limits=request.limits.changed(),
+            conditions=request.conditions,
         ),  # fmt: skip
         scoring=request.scoring,
         environment=environment(),
@@ -337,7 +345,7 @@ def _score_run(
             raise RunError(f"{run_dir}: task {task_name} is not a task of this mcub")
         task = registry.tasks[task_name]
         chosen = protocol_for(task, protocol or task_summary.protocol)
-        data = load_task(task, paths)
+        data = condition_task(load_task(task, paths), summary.settings.conditions, summary.settings.seed)
         if (data.question_sha256, data.answer_sha256) != (task_summary.question_sha256, task_summary.answer_sha256):
             raise RunError(
                 f"{run_dir}: task {task_name} was run on other data than {data.question_file} and "

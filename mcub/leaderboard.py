@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from mcub.conditions import condition_task
 from mcub.data import TaskData, load_task
 from mcub.errors import McubError
 from mcub.protocols import Protocol, get_protocol
@@ -52,7 +53,7 @@ def validate_run(run_dir: Path, paths: DataPaths) -> list[str]:
         if summary.protocol != spec.protocol:
             reasons.append(f"{name}: protocol {summary.protocol}; the leaderboard takes {spec.protocol}")
         try:
-            data = load_task(spec, paths)
+            data = condition_task(load_task(spec, paths), run.summary.settings.conditions, seed)
         except McubError as error:
             reasons.append(f"{name}: its task files cannot be read to check the run ({error})")
             continue

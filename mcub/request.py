@@ -54,6 +54,9 @@ class EvalRequest(BaseModel):
     scoring: ScorerSettings = ScorerSettings()
     media_limits: dict[str, float] = {}
     """Limits on what a media file may ask the decoders for, over the defaults (see mcub.media.limits)."""
+    conditions: list[str] = []
+    """Run conditions applied to every task's samples in this order (`drop:audio`, ...; see mcub.conditions), kept
+    in their canonical text."""
     progress: bool = True
 
     @field_validator("batch_size", mode="before")
@@ -72,6 +75,16 @@ class EvalRequest(BaseModel):
             except ProtocolError as error:
                 raise ValueError(str(error)) from None
         return value
+
+    @field_validator("conditions")
+    @classmethod
+    def _known_conditions(cls, value: list[str]) -> list[str]:
+        from mcub.conditions import ConditionError, canonical_specs
+
+        try:
+            return canonical_specs(value)
+        except ConditionError as error:
+            raise ValueError(str(error)) from None
 
     @field_validator("media_limits")
     @classmethod

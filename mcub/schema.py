@@ -141,6 +141,8 @@ class Record(BaseModel):
     question_index: int
     """The position of the question in its question file."""
     condition: str = "default"
+    """The run conditions the record was made under: their canonical specs joined by `+` (`default`: none); what
+    they did for the sample is in `meta["condition"]`."""
     protocol: str
     """The protocol the outcome was scored under (and, for a record the runner wrote, the one it was run under)."""
     question_sha256: str
@@ -337,6 +339,9 @@ class Settings(BaseModel):
     world_size: int = 1
     media_limits: dict[str, float] = {}
     """The media limits changed from their defaults (mcub.media.limits)."""
+    conditions: list[str] = []
+    """The run conditions applied to every task's samples, in order (mcub.conditions); rescoring and validation
+    apply them again."""
 
 
 class Environment(BaseModel):

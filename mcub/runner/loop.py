@@ -12,6 +12,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+from mcub.conditions import DEFAULT_CONDITION
 from mcub.data import TaskData
 from mcub.errors import RunError
 from mcub.media.limits import DEFAULT_LIMITS, MediaLimits
@@ -30,7 +31,7 @@ from mcub.tasks import TaskSpec
 class RunSettings:
     """How samples are run: batching (`batch_size` None: the largest that fits), decoding workers, the first
     `limit` samples only, strictness (abort on the first error), pinned host memory for the copies to the GPU, the
-    limits on what a media file may ask the decoders for."""
+    limits on what a media file may ask the decoders for, the run conditions' label every record carries."""
 
     batch_size: int | None = 1
     num_workers: int = 0
@@ -38,6 +39,7 @@ class RunSettings:
     limit: int | None = None
     pin_memory: bool = False
     media_limits: MediaLimits = DEFAULT_LIMITS
+    condition: str = DEFAULT_CONDITION
 
 
 @dataclass(frozen=True)
@@ -107,9 +109,14 @@ def run_task(
     dist.barrier()
     recorded = folded.records if folded is not None else read_records(main_file, repair=False)[0]
     current = (data.question_sha256, data.answer_sha256)
-    done = {i for i, r in recorded.items() if (r.question_sha256, r.answer_sha256) == current}
-    if len(done) < len(recorded) and dist.is_main:
-        notes.append(f"{main_file}: {len(recorded) - len(done)} record(s) made on other task data are redone")
+    on_data = {i for i, r in recorded.items() if (r.question_sha256, r.answer_sha256) == current}
+    done = {i for i in on_data if recorded[i].condition == settings.condition}
+    if dist.is_main:
+        if len(on_data) < len(recorded):
+            notes.append(f"{main_file}: {len(recorded) - len(on_data)} record(s) made on other task data are redone")
+        if len(done) < len(on_data):
+            notes.append(f"{main_file}: {len(on_data) - len(done)} record(s) made under other conditions than "
+                         f"{settings.condition} are redone")  # fmt: skip
     pending = [sample for sample in samples if sample.id not in done]
     if settings.batch_size is None:
         batch_size = find_batch_size(
@@ -176,7 +183,8 @@ def evaluate_batch(
             error = receipt_problem(item.sample, receipt)
             if error is not None and settings.strict:
                 raise RunError(f"{data.task.name} sample {item.sample.id}: {error}")
-        record = _raw_record(item, data, query, prompt, output, logliks, error, model_s if index is not None else 0.0)
+        model_share = model_s if index is not None else 0.0
+        record = _raw_record(item, data, query, settings.condition, prompt, output, logliks, error, model_share)
         records.append(record.model_copy(update={"receipts": receipt}) if posed and model.reads_media else record)
     return records
 
@@ -185,6 +193,7 @@ def _raw_record(
     item: LoadedSample,
     data: TaskData,
     query: Query,
+    condition: str,
     prompt: str | None,
     output: str | None,
     logliks: dict[str, float] | None,
@@ -197,6 +206,7 @@ def _raw_record(
         task=sample.task,
         id=sample.id,
         question_index=sample.meta["question_index"],
+        condition=condition,
         protocol=query.protocol.name,
         question_sha256=data.question_sha256,
         answer_sha256=data.answer_sha256,
