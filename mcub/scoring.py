@@ -266,29 +266,38 @@ def task_metrics(
 
 def is_circular(records: Iterable[Record]) -> bool:
     """Whether the records are of a CircularEval run (their condition includes `circular`)."""
-    from mcub.conditions.circular import KIND
+    from mcub.conditions.circular import SPEC
 
-    return any(KIND in record.condition.split("+") for record in records)
+    return any(SPEC in record.condition.split("+") for record in records)
 
 
 def circular_metrics(
     gold_ids: list[str], records: Mapping[str, Record], seed: int
 ) -> tuple[CircularAccuracy, Accuracy]:
-    """CircularEval over the items of rotated gold ids (`<item>@r<rotation>`): the items right under every rotation
-    (a rotation without a record or with an error makes its item wrong), and those right under rotation 0."""
-    from mcub.conditions.circular import split_rotation_id
+    """CircularEval over the items of rotated gold ids (`<item>@r<rotation>`): the items right under every rotation,
+    and those right under rotation 0. A rotation without a record or with an error, or one its records name that is
+    not among the gold ids (cut by `--limit`), makes its item wrong and incomplete."""
+    from mcub.conditions.circular import rotation_count, split_rotation_id
 
-    rotations: dict[str, dict[int, Record | None]] = defaultdict(dict)
+    items: dict[str, dict[int, Record | None]] = defaultdict(dict)
     for sample_id in gold_ids:
         item, rotation = split_rotation_id(sample_id)
-        rotations[item][rotation] = records.get(sample_id)
-    complete = [all(r is not None and not r.error for r in item.values()) for item in rotations.values()]
-    every = sum(all(r is not None and r.correct for r in item.values()) for item in rotations.values())
-    first = sum(bool(item.get(0) is not None and item[0].correct) for item in rotations.values())
-    circular = accuracy(len(rotations), every, seed)
+        items[item][rotation] = records.get(sample_id)
+    expected = {
+        item: max([len(rotations)] + [rotation_count(r.meta) or 0 for r in rotations.values() if r is not None])
+        for item, rotations in items.items()
+    }
+    complete = {
+        item: len(rotations) == expected[item] and all(r is not None and not r.error for r in rotations.values())
+        for item, rotations in items.items()
+    }
+    every = sum(complete[item] and all(r.correct for r in rotations.values()) for item, rotations in items.items())
+    first = sum(bool(rotations.get(0) is not None and rotations[0].correct) for rotations in items.values())
+    circular = accuracy(len(items), every, seed).model_dump()
+    incomplete = list(complete.values()).count(False)
     return (
-        CircularAccuracy(**circular.model_dump(), rotations=len(gold_ids), incomplete=complete.count(False)),
-        accuracy(len(rotations), first, seed),
+        CircularAccuracy(**circular, rotations=sum(expected.values()), incomplete=incomplete),
+        accuracy(len(items), first, seed),
     )
 
 
