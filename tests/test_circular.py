@@ -190,6 +190,18 @@ def test_a_hand_made_avqa_task_with_inline_options_is_rotated_in_place(recording
     assert summary.tasks[AVQA].metrics.circular.accuracy == 100.0
 
 
+def test_circular_composes_with_drop_in_the_order_given(recording, tmp_path):
+    summary, received, run = run_recording(tmp_path, "both", ["mcub-sample"], ["drop:audio", "circular"])
+    options = ITEMS[2][1]
+    expected = sample_prompt(rotated(options, 3)).replace("audio: <audio>\n", "audio:\n")
+    assert received["mcub-sample-2@r3"].prompt == expected
+    assert [m for m, _ in received["mcub-sample-2@r3"].media] == ["image", "video", "point"]
+    got = run.records["mcub-sample"]["mcub-sample-2@r3"]
+    assert got.condition == "drop:audio+circular" and got.gold == "D"
+    assert set(got.meta["condition"]) == {"spec", "seed", "item", "drop:audio", "circular"}
+    assert summary.tasks["mcub-sample"].metrics.circular.n == 5
+
+
 def test_a_circular_run_resumes_rescores_and_validates_with_the_same_figures(recording, tmp_path):
     summary, _, run = run_recording(tmp_path, "r", ["mcub-sample"], ["circular"])
     path = run.run_dir / "records" / "mcub-sample.jsonl"

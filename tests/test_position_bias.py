@@ -12,7 +12,7 @@ from run_factory import record, write_run
 
 from mcub.position_bias import position_bias
 from mcub.results import read_summary, summary_table
-from mcub.schema import Record
+from mcub.schema import Record, TaskMetrics
 from mcub.scoring import task_metrics
 from mcub.stats import chi_square_homogeneity, chi_square_sf, regularized_upper_gamma
 
@@ -135,6 +135,13 @@ def test_tasks_without_lettered_options_have_no_position_bias_and_all_wrong_has_
     assert task_metrics(["0"], {"0": open_answer}, [], 0).position_bias is None
     wrong = position_bias(letter_record(i, LETTERS[i % 4], "Z") for i in range(8))
     assert (wrong.statistic, wrong.df, wrong.p_value) == (None, None, None)
+
+
+def test_metrics_of_summaries_written_before_these_fields_still_read():
+    old = {"n": 2, "correct": 1, "accuracy": 50.0, "ci_low": 0.0, "ci_high": 100.0, "unparseable": 0, "missing": 0,
+           "errors": 0}  # fmt: skip
+    metrics = TaskMetrics.model_validate(old)
+    assert (metrics.position_bias, metrics.circular, metrics.original_order) == (None, None, None)
 
 
 def test_the_run_table_shows_the_position_bias_of_a_letter_task(tmp_path):
