@@ -52,36 +52,41 @@ def circular_samples(samples: list[Sample]) -> list[Sample]:
     sample, `<id>@r0`, that carries its error, so its item counts as wrong."""
     rotated = []
     for sample in samples:
-        count = len(sample.options) if sample.error is None else 1
-        rotated.extend(rotate(sample, rotation, count) for rotation in range(count))
+        if sample.error is not None:
+            rotated.append(record_step(sample, SPEC, {"rotation": 0, "of": 1}, id=rotation_id(sample.id, 0)))
+            continue
+        spans = option_spans(sample)
+        rotated.extend(rotate(sample, spans, rotation) for rotation in range(len(spans)))
     return rotated
 
 
-def rotate(sample: Sample, rotation: int, count: int) -> Sample:
-    """Rotation `rotation` of `count` of a sample (0 < `count` is its number of options, or 1 for an unposed one)."""
-    details = {"rotation": rotation, "of": count}
-    if rotation == 0:
-        return record_step(sample, SPEC, details, id=rotation_id(sample.id, 0))
-    letters = list(sample.options)
-    options = {letter: sample.options[letters[(index + rotation) % count]] for index, letter in enumerate(letters)}
-    answer = letters[(letters.index(sample.answer) - rotation) % count]
-    prompt = rotated_prompt(sample, options)
-    return record_step(sample, SPEC, details, id=rotation_id(sample.id, rotation), prompt=prompt, options=options,
-                       answer=answer)  # fmt: skip
-
-
-def rotated_prompt(sample: Sample, options: dict[str, str]) -> str:
-    """The sample's prompt with the text of each of its options replaced by `options`' text for that letter."""
+def option_spans(sample: Sample) -> dict[str, tuple[int, int]]:
+    """Where the text of each of the sample's options lies in its prompt; a ConditionError naming the task and id
+    when its options are not those the prompt poses."""
     spans, _ = read_option_spans(sample.prompt)
     posed = {letter: sample.prompt[start:end] for letter, (start, end) in spans.items()}
     if posed != sample.options:
         raise ConditionError(f"task {sample.task}, sample {sample.id}: its options {_listed(sample.options)} are not "
                              f"those its prompt poses ({_listed(posed)}), so they cannot be rotated in it")  # fmt: skip
+    return spans
+
+
+def rotate(sample: Sample, spans: dict[str, tuple[int, int]], rotation: int) -> Sample:
+    """Rotation `rotation` of a sample whose options' texts lie at `spans` of its prompt."""
+    count = len(spans)
+    details = {"rotation": rotation, "of": count}
+    if rotation == 0:
+        return record_step(sample, SPEC, details, id=rotation_id(sample.id, 0))
+    letters = list(sample.options)
+    options = {letter: sample.options[letters[(index + rotation) % count]] for index, letter in enumerate(letters)}
     pieces, position = [], 0
     for letter, (start, end) in sorted(spans.items(), key=lambda item: item[1]):
         pieces += [sample.prompt[position:start], options[letter]]
         position = end
-    return "".join([*pieces, sample.prompt[position:]])
+    prompt = "".join([*pieces, sample.prompt[position:]])
+    answer = letters[(letters.index(sample.answer) - rotation) % count]
+    return record_step(sample, SPEC, details, id=rotation_id(sample.id, rotation), prompt=prompt, options=options,
+                       answer=answer)  # fmt: skip
 
 
 def _listed(options: dict[str, str]) -> str:
