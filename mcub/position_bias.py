@@ -3,7 +3,7 @@ depends on where the gold option sits (Pearson's chi-square test of homogeneity 
 
 The test reads a model's right and wrong answers by gold letter, so a model that prefers a letter is flagged
 whatever the gold distribution (it is right far more often when the gold is its letter), and a model that answers
-at random, whatever its letter frequencies, is not (its accuracy is the same for every gold letter). Records of a
+uniformly at random is not (its accuracy is the same for every gold letter), however skewed the gold. Records of a
 CircularEval run are taken as they are: each rotation is a record, so every item counts once at every gold letter.
 """
 
@@ -15,29 +15,28 @@ from collections.abc import Iterable
 from mcub.schema import PositionBias, Record
 from mcub.stats import chi_square_homogeneity
 
-LETTERS = frozenset(string.ascii_uppercase)
+LETTERS = string.ascii_uppercase
 UNPARSEABLE = "unparseable"
 ERROR = "error"
 
 
-def is_letter_record(record: Record) -> bool:
-    """Whether the record poses lettered options (A, B, ...) and its gold is one of them."""
-    return bool(record.options) and record.options.keys() <= LETTERS and record.gold in record.options
-
-
 def position_bias(records: Iterable[Record]) -> PositionBias | None:
-    """The position bias of a task's records; None when none of them poses lettered options."""
-    posed = [record for record in records if is_letter_record(record)]
-    if not posed:
+    """The position bias of a task's records (those with a gold answer); None unless every gold is a letter. The
+    letters run from A to the last one a gold or an answer names (options always run A, B, C, ... from A). Only
+    the gold, the answer read and the outcome of each record are read (what every view of a record holds)."""
+    posed = [record for record in records if record.gold]
+    if not posed or not all(len(record.gold) == 1 and record.gold in LETTERS for record in posed):
         return None
-    letters = sorted({key for record in posed for key in record.options})
+    columns = [answer_column(record) for record in posed]
+    named = [record.gold for record in posed] + [column for column in columns if column in LETTERS]
+    letters = list(LETTERS[: LETTERS.index(max(named)) + 1])
     gold = dict.fromkeys(letters, 0)
     answered = dict.fromkeys([*letters, UNPARSEABLE, ERROR], 0)
     right = dict.fromkeys(letters, 0)
-    for record in posed:
+    for record, column in zip(posed, columns, strict=True):
         gold[record.gold] += 1
         right[record.gold] += int(bool(record.correct))
-        answered[answer_column(record)] += 1
+        answered[column] += 1
     test = chi_square_homogeneity([[right[letter] for letter in letters],
                                    [gold[letter] - right[letter] for letter in letters]])  # fmt: skip
     return PositionBias(
@@ -61,6 +60,6 @@ def answer_column(record: Record) -> str:
     """The letter a record answered, or `error` (no answer: data, media or model error) or `unparseable`."""
     if record.error:
         return ERROR
-    if record.unparseable or record.extracted not in record.options:
+    if record.unparseable or len(record.extracted or "") != 1 or record.extracted not in LETTERS:
         return UNPARSEABLE
     return record.extracted

@@ -128,6 +128,15 @@ def test_unparseable_and_error_records_have_their_own_columns_and_count_as_wrong
     assert bias.gold == {"A": 1, "B": 2, "C": 1, "D": 1}
 
 
+def test_the_letters_run_from_a_to_the_last_named_and_only_gold_answer_and_outcome_are_read():
+    records = [letter_record(0, "A", "C"), letter_record(1, "B", "B")]
+    # the options are not read (a resumed run's record view holds none): the columns run A to C, the last named
+    bias = position_bias(r.model_copy(update={"options": {}}) for r in records)
+    assert bias.letters == ["A", "B", "C"]
+    assert bias.answered == {"A": 0, "B": 1, "C": 1, "unparseable": 0, "error": 0}
+    assert bias.gold == {"A": 1, "B": 1, "C": 0}
+
+
 def test_tasks_without_lettered_options_have_no_position_bias_and_all_wrong_has_no_test():
     open_answer = record("t", 0, True).model_copy(update={"options": {}, "gold": "two"})
     classes = record("t", 1, True).model_copy(update={"options": {"0": "airplane", "1": "bed"}, "gold": "1"})
