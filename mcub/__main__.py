@@ -10,6 +10,7 @@ COMMANDS = {
     "score": ("mcub.score", "rescore a finished run, or score a prediction file"),
     "report": ("mcub.report", "one table (or plot) over runs"),
     "compare": ("mcub.compare", "paired regression check of two runs"),
+    "reliance": ("mcub.reliance", "a model's accuracy under drop/blank/swap conditions against the unmodified run"),
     "gain": ("mcub.composition_gain", "synergy and interference of a composed model against its experts"),
     "leaderboard": ("mcub.leaderboard", "validate, add and build leaderboard submissions"),
     "data": ("mcub.check", "check task data and media before a long run"),

@@ -34,7 +34,17 @@ from mcub.results import (
 )
 from mcub.run_lock import RunLock
 from mcub.runner.receipts import media_consumption
-from mcub.schema import DataPaths, GroupMetrics, ModelInfo, Record, RunSummary, ScorerSettings, Settings, TaskSummary
+from mcub.schema import (
+    DataPaths,
+    GroupMetrics,
+    ModelInfo,
+    Record,
+    RecordFigures,
+    RunSummary,
+    ScorerSettings,
+    Settings,
+    TaskSummary,
+)
 from mcub.scorer import ScoringContext, check_scorable, recorded_judgements, score_records
 from mcub.scoring import group_metrics, task_metrics
 from mcub.tasks import Registry, load_registry
@@ -71,8 +81,8 @@ def plan_run(request: EvalRequest, registry: Registry, log: Log = _stderr) -> Pl
     from mcub.models.base import checked_arguments, find_model_spec, load_model_specs, resolve_dtype
 
     spec = find_model_spec(request.model, load_model_specs())
-    device = resolve_device(request.device)
     arguments = checked_arguments(spec, request.model_args)
+    device = resolve_device(request.device) if arguments.computes_on_device or request.device != "auto" else "cpu"
     takes = frozenset(arguments.input_modalities())
     plan = Plan(spec, arguments.effective(), takes, device, resolve_dtype(spec, device, request.dtype))
     named = registry.resolve(request.tasks) if request.tasks else list(registry.tasks.values())
@@ -268,10 +278,10 @@ def _run_dir(request: EvalRequest, model: str, dist) -> Path:
 
 def score_pending(
     path: Path, file: RecordFile, data: TaskData, protocol: Protocol, context: ScoringContext
-) -> dict[str, Record]:
-    """Score the records of a task's file (as read: `file`) that are not scored yet (new ones, or raw ones a crash
-    left), rewrite the file if any were, and return its records by id."""
-    pending = [record for record in file.records.values() if not record.scored]
+) -> dict[str, Record | RecordFigures]:
+    """Score the records of a task's file (as read: `file`, in the view RecordFigures) that are not scored yet (new
+    ones, or raw ones a crash left), each read whole, rewrite the file if any were, and return its records by id."""
+    pending = [file.whole(record_id) for record_id, record in file.records.items() if not record.scored]
     if pending:
         file.update(score_records(pending, data.task, protocol, context))
         file.write(path)

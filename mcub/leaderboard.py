@@ -10,16 +10,18 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mcub.conditions import condition_task
 from mcub.data import TaskData, load_task
 from mcub.errors import McubError
 from mcub.protocols import Protocol, get_protocol
-from mcub.results import RunFiles, read_summary, summary_table, write_atomically
+from mcub.results import RunFiles, read_summary, read_unique_records, records_path, summary_table, write_atomically
 from mcub.schema import DataPaths, Decoding, Record, RecordOutcome, Sample, ScorerSettings
-from mcub.scorer import ScoringContext, recorded_judgements, score_records
+from mcub.scorer import ScoringContext, outcome_fields, recorded_judgements
 from mcub.scoring import group_metrics, task_metrics
 from mcub.stats import mcnemar_exact
 from mcub.tasks import load_registry
@@ -36,16 +38,19 @@ def validate_run(run_dir: Path, paths: DataPaths) -> list[str]:
     """Every reason the run is not an acceptable submission (none: it is). Each record is rescored under the task's
     protocol with the scorer settings the run recorded (`scorer_description` says which)."""
     try:
-        run = RunFiles(run_dir, collect_invalid=True)
+        run_summary = read_summary(run_dir)
     except (McubError, OSError) as error:
         return [str(error)]
     reasons = []
-    if run.summary.settings.limit is not None:
-        reasons.append(f"the run was limited to {run.summary.settings.limit} samples per task")
+    if run_summary.settings.limit is not None:
+        reasons.append(f"the run was limited to {run_summary.settings.limit} samples per task")
+    if run_summary.settings.conditions:
+        reasons.append(f"the run was made under the condition(s) {'+'.join(run_summary.settings.conditions)}; "
+                       "the leaderboard takes runs of the tasks as they are")  # fmt: skip
     registry = load_registry()
-    seed = run.summary.settings.seed
+    seed = run_summary.settings.seed
     recomputed = {}
-    for name, summary in run.summary.tasks.items():
+    for name, summary in run_summary.tasks.items():
         if name not in registry.tasks:
             reasons.append(f"{name}: not a task of this mcub")
             continue
@@ -53,18 +58,22 @@ def validate_run(run_dir: Path, paths: DataPaths) -> list[str]:
         if summary.protocol != spec.protocol:
             reasons.append(f"{name}: protocol {summary.protocol}; the leaderboard takes {spec.protocol}")
         try:
-            data = condition_task(load_task(spec, paths), run.summary.settings.conditions, seed)
+            data = condition_task(load_task(spec, paths), run_summary.settings.conditions, seed)
         except McubError as error:
             reasons.append(f"{name}: its task files cannot be read to check the run ({error})")
             continue
         if (summary.question_sha256, summary.answer_sha256) != (data.question_sha256, data.answer_sha256):
             reasons.append(f"{name}: the run's task data hashes differ from those of the task files")
-        records = run.records[name]
-        if run.invalid[name]:
-            reasons.append(f"{name}: {len(run.invalid[name])} record(s) do not follow the record schema: "
-                           f"{', '.join(run.invalid[name][:10])}")  # fmt: skip
+        invalid: list[str] = []
+        try:
+            records = read_unique_records(records_path(run_dir, name), invalid)
+        except (McubError, OSError) as error:
+            return [str(error)]
+        if invalid:
+            reasons.append(f"{name}: {len(invalid)} record(s) do not follow the record schema: "
+                           f"{', '.join(invalid[:10])}")  # fmt: skip
         gold = {sample.id: sample for sample in data.samples}
-        missing = [sample_id for sample_id in gold if sample_id not in records and sample_id not in run.invalid[name]]
+        missing = [sample_id for sample_id in gold if sample_id not in records and sample_id not in invalid]
         if missing:
             reasons.append(f"{name}: {len(missing)} gold id(s) without a record: {', '.join(missing[:10])}")
         unknown = [sample_id for sample_id in records if sample_id not in gold]
@@ -73,13 +82,13 @@ def validate_run(run_dir: Path, paths: DataPaths) -> list[str]:
                 f"{name}: {len(unknown)} record(s) for ids that are not in the task: {', '.join(unknown[:10])}"
             )
         protocol = get_protocol(spec.protocol)
-        decoding = protocol.decoding(spec, run.summary.settings.max_new_tokens)
+        decoding = protocol.decoding(spec, run_summary.settings.max_new_tokens)
         unfaithful = unfaithful_records(records, gold, data, protocol.name, decoding)
         for what, ids in unfaithful.items():
             reasons.append(f"{name}: {len(ids)} record(s) {what}: {', '.join(ids[:10])}")
         faithful = {i: r for i, r in records.items() if not any(i in ids for ids in unfaithful.values())}
         try:
-            wrong = records_not_following(faithful, gold, spec, protocol, run.summary.scoring)
+            wrong = records_not_following(faithful, gold, spec, protocol, run_summary.scoring)
         except (McubError, OSError) as error:
             reasons.append(f"{name}: its records cannot be rescored ({error})")
             continue
@@ -92,13 +101,13 @@ def validate_run(run_dir: Path, paths: DataPaths) -> list[str]:
                 f"{name}: the summary's metrics differ from those recomputed from the records "
                 f"(accuracy {summary.metrics.accuracy} in the summary, {recomputed[name].accuracy} recomputed)"
             )
-    for name, group in run.summary.groups.items():
+    for name, group in run_summary.groups.items():
         if name not in registry.groups:
             reasons.append(f"group {name}: not a group of this mcub")
         elif group.tasks != [task.name for task in registry.group_tasks(name)]:
             reasons.append(f"group {name}: its tasks are not the group's ({', '.join(group.tasks)})")
         for task in group.tasks:
-            if task not in run.summary.tasks:
+            if task not in run_summary.tasks:
                 reasons.append(f"group {name}: task {task} is not in the run")
         if all(task in recomputed for task in group.tasks):
             if group_metrics({task: recomputed[task] for task in group.tasks}, seed) != group:
@@ -148,8 +157,8 @@ def records_not_following(
     kept = [record for sample_id, record in records.items() if sample_id in gold]
     context = ScoringContext(scoring, recorded_judgements(kept))
     wrong = [record.id for record in kept if record.gold != gold[record.id].answer]
-    candidates = [record for record in kept if record.id not in wrong]
-    for stored, rescored in zip(candidates, score_records(candidates, spec, protocol, context), strict=True):
+    candidates = [record for record in kept if record.gold == gold[record.id].answer]
+    for stored, rescored in zip(candidates, outcome_fields(candidates, spec, protocol, context), strict=True):
         if not same_outcome(stored, rescored):
             wrong.append(stored.id)
     return wrong
@@ -158,16 +167,16 @@ def records_not_following(
 SCORE_TOLERANCE = 1e-3
 
 
-def same_outcome(first: Record, second: Record) -> bool:
-    """Whether two records hold the same outcome (open-answer scores within SCORE_TOLERANCE percent)."""
+def same_outcome(stored: Record, rescored: Mapping[str, Any]) -> bool:
+    """Whether a record holds the outcome `rescored` (fields, as the scorer sets them) gives (open-answer scores
+    within SCORE_TOLERANCE percent)."""
     fields = ("protocol", "extracted", "extraction", "unparseable", "correct")
-    if any(getattr(first, name) != getattr(second, name) for name in fields):
+    if any(getattr(stored, name) != rescored[name] for name in fields):
         return False
-    scores, others = first.scores or {}, second.scores or {}
+    scores, others = stored.scores or {}, rescored["scores"] or {}
     if set(scores) != set(others) or any(abs(scores[key] - others[key]) > SCORE_TOLERANCE for key in scores):
         return False
-    verdicts = [(r.judgement or {}).get("verdict") for r in (first, second)]
-    return verdicts[0] == verdicts[1]
+    return (stored.judgement or {}).get("verdict") == (rescored["judgement"] or {}).get("verdict")
 
 
 def add_run(run_dir: Path, paths: DataPaths, leaderboard: Path = LEADERBOARD_DIR) -> Path:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from mcub.errors import McubError, validation_problems
 from mcub.gc_pause import paused_gc
-from mcub.schema import SCHEMA_VERSION, Environment, Record, RunSummary
+from mcub.schema import SCHEMA_VERSION, Environment, Record, RecordOutcome, RunSummary
 
 View = TypeVar("View", bound=BaseModel)
 
@@ -68,14 +68,14 @@ class RecordLog:
         )
 
 
-def parse_record(line: str, path: Path, number: int, view: type[View] = Record) -> View:
+def parse_record(line: str, path: Path, where: int | str, view: type[View] = Record) -> View:
     """A record line validated against the schema (or, with `view`, the fields of a record that a reader projects);
-    a line that does not validate is an error naming file and line."""
+    a line that does not validate is an error naming the file and `where` in it (a line number, an id)."""
     try:
         return view.model_validate_json(line)
     except ValidationError as error:
         problem = validation_problems(error, "record", limit=1)
-        raise RunFileError(f"{path}:{number}: not a valid record ({problem})") from None
+        raise RunFileError(f"{path}:{where}: not a valid record ({problem})") from None
 
 
 def _json_or_none(line: str) -> Any:
@@ -86,24 +86,32 @@ def _json_or_none(line: str) -> Any:
         return None
 
 
-def _numbered_lines(text: str) -> Iterator[tuple[int, str]]:
-    """(line number, line) of a JSONL text; only a newline ends a line (a record's text may hold other line
-    separators, such as U+2028, that `str.splitlines` would split it at)."""
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    return enumerate(lines, start=1)
+def _numbered_lines(path: Path, errors: str = "strict") -> Iterator[tuple[int, str]]:
+    """(line number, line with its newline) of a JSONL file, read a line at a time (the file's text is never held
+    whole); only a newline ends a line (a record's text may hold other line separators, such as U+2028, that
+    `str.splitlines` would split it at). The last line lacks its newline when the file does not end with one."""
+    with path.open(encoding="utf-8", errors=errors) as handle:
+        yield from enumerate(handle, start=1)
+
+
+def _without_newline(line: str) -> str:
+    return line[:-1] if line.endswith("\n") else line
 
 
 @dataclass
 class RecordFile:
-    """A record log parsed once: records by id (a later line of an id replaces an earlier one), the line each was
-    read from (without its newline; written back byte for byte when the file is rewritten), and a note per damaged
-    line."""
+    """A record log parsed once: records (or the view of them it was read with) by id (a later line of an id
+    replaces an earlier one), the line each was read from (without its newline; written back byte for byte when the
+    file is rewritten), and a note per damaged line."""
 
-    records: dict[str, Record] = field(default_factory=dict)
+    path: Path
+    records: dict[str, Any] = field(default_factory=dict)
     lines: dict[str, str] = field(default_factory=dict)
     damaged: list[str] = field(default_factory=list)
+
+    def whole(self, record_id: str) -> Record:
+        """The record of an id read whole from its line (an invalid one is an error naming file and id)."""
+        return parse_record(self.lines[record_id], self.path, f"id {record_id!r}")
 
     def update(self, records: Iterable[Record]) -> None:
         """Add or replace records (their lines made from them)."""
@@ -122,31 +130,30 @@ class RecordFile:
         write_atomically(path, "".join(f"{self.lines[record.id]}\n" for record in ordered))
 
 
-def read_record_file(path: Path, repair: bool = True) -> RecordFile:
-    """A record log parsed once (each line validated once). A line that is not JSON is damaged: a crash can leave a
-    half-written last line, and its sample is simply done again; with `repair`, damaged lines are cut out of the
-    file. A line that is JSON but not a valid record is an error."""
-    read = RecordFile()
+def read_record_file(path: Path, repair: bool = True, view: type[BaseModel] = Record) -> RecordFile:
+    """A record log parsed once (each line validated once, as a Record or its `view`). A line that is not JSON is
+    damaged: a crash can leave a half-written last line, and its sample is simply done again; with `repair`, damaged
+    lines are cut out of the file. A line that is JSON but not a valid record is an error."""
+    read = RecordFile(path)
     if not path.is_file():
         return read
-    raw = path.read_text(encoding="utf-8", errors="replace")
-    unterminated = bool(raw) and not raw.endswith("\n")
-    numbered = _numbered_lines(raw)
-    del raw  # the lines hold the text
+    unterminated = False
     good_lines: list[str] = []
     with paused_gc():
-        for number, line in numbered:
+        for number, text in _numbered_lines(path, errors="replace"):
+            line = _without_newline(text)
+            unterminated = line is text
             if not line.strip():
                 continue
             try:
-                record = Record.model_validate_json(line)
+                record = view.model_validate_json(line)
             except ValidationError:
                 if not isinstance(_json_or_none(line), dict):
                     read.damaged.append(
                         f"{path}:{number}: damaged record ({len(line)} bytes) dropped; its sample is redone"
                     )
                     continue
-                record = parse_record(line, path, number)
+                record = parse_record(line, path, number, view)
             read.records[record.id] = record
             read.lines[record.id] = line
             good_lines.append(line)
@@ -202,20 +209,20 @@ def write_records(path: Path, records: Iterable[Record]) -> None:
 
 
 def consolidate_records(
-    records_dir: Path, task_name: str, known: RecordFile | None = None
+    records_dir: Path, task_name: str, known: RecordFile | None = None, view: type[BaseModel] = Record
 ) -> tuple[RecordFile, list[str]]:
     """Fold every rank's part file of a task into `<task>.jsonl` (one record per id), repairing damaged lines; return
-    what the folded file holds and a note per damaged line. `known` is the file as this process last read or wrote
-    it (the run's lock keeps other writers out), so that only the part files are parsed. The file is rewritten only
-    when a part holds records, a line was damaged or there is no file yet; the records already in it keep their
-    bytes."""
+    what the folded file holds (its records read as `view`) and a note per damaged line. `known` is the file as this
+    process last read or wrote it (the run's lock keeps other writers out), so that only the part files are parsed.
+    The file is rewritten only when a part holds records, a line was damaged or there is no file yet; the records
+    already in it keep their bytes."""
     main_file = records_dir / f"{task_name}.jsonl"
-    merged = known if known is not None else read_record_file(main_file)
+    merged = known if known is not None else read_record_file(main_file, view=view)
     notes = [] if known is not None else list(merged.damaged)
     parts = sorted(records_dir.glob(f"{task_name}.rank*.jsonl"))
     fresh = False
     for part in parts:
-        read = read_record_file(part)
+        read = read_record_file(part, view=view)
         fresh = fresh or bool(read.records)
         merged.merge(read)
         notes += read.damaged
@@ -231,7 +238,7 @@ def count_saved_records(records_dir: Path) -> int:
     """The distinct samples with a record on disk, over every task's records file and the ranks' part files."""
     saved: set[tuple[str, str]] = set()
     for path in sorted(records_dir.glob("*.jsonl")) if records_dir.is_dir() else []:
-        records, _ = read_records(path, repair=False)
+        records = read_record_file(path, repair=False, view=RecordOutcome).records
         saved.update((record.task, record.id) for record in records.values())
     return len(saved)
 
@@ -424,13 +431,17 @@ def start_run(run_dir: Path, identity: dict[str, Any], request_yaml: str, resume
     write_atomically(run_dir / REQUEST_FILE, request_yaml)
 
 
+IDENTITY_ADDED = {"conditions": []}
+"""Keys of a run's identity added since runs were first made, with the value every run made before them had."""
+
+
 def check_identity(run_dir: Path, identity: dict[str, Any]) -> None:
     """A RunFileError naming every difference between the run's recorded identity and `identity`. Weights are
     compared once known (`weights` None: not hashed yet); a run recorded before its weights were hashed gets them."""
     path = run_dir / IDENTITY_FILE
     earlier = json.loads(path.read_text(encoding="utf-8"))
     now = {key: value for key, value in identity.items() if not (key == "weights" and value is None)}
-    then = {key: earlier.get(key) for key in now}
+    then = {key: earlier.get(key, IDENTITY_ADDED.get(key)) for key in now}
     fill = "weights" in now and earlier.get("weights") is None
     if fill:
         then["weights"] = now["weights"]
@@ -441,21 +452,21 @@ def check_identity(run_dir: Path, identity: dict[str, Any]) -> None:
         write_atomically(path, json.dumps({**earlier, "weights": now["weights"]}, indent=2, sort_keys=True) + "\n")
 
 
-class RunFiles:
-    """A run directory read strictly: its summary and every task's records by id (duplicates are an error), each
-    record file parsed once. With `collect_invalid`, records that do not validate are listed by id in `invalid`
-    instead of failing the read. `view` reads only the fields of a record that a command needs (e.g. `RecordOutcome`):
-    the other fields are neither validated nor kept."""
+def records_path(run_dir: Path, task: str) -> Path:
+    """The records file of a task in a run directory."""
+    return run_dir / "records" / f"{task}.jsonl"
 
-    def __init__(self, run_dir: Path, collect_invalid: bool = False, view: type[BaseModel] = Record):
+
+class RunFiles:
+    """A run directory read strictly: its summary and every task's records by id (duplicates and records that do
+    not validate are errors), each record file parsed once. `view` reads only the fields of a record that a command
+    needs (e.g. `RecordOutcome`): the other fields are neither validated nor kept."""
+
+    def __init__(self, run_dir: Path, view: type[BaseModel] = Record):
         self.run_dir = run_dir
         self.summary = read_summary(run_dir)
-        self.invalid: dict[str, list[str]] = {task: [] for task in self.summary.tasks}
         self.records: dict[str, dict[str, Any]] = {
-            task: read_unique_records(
-                run_dir / "records" / f"{task}.jsonl", self.invalid[task] if collect_invalid else None, view
-            )
-            for task in self.summary.tasks
+            task: read_unique_records(records_path(run_dir, task), view=view) for task in self.summary.tasks
         }
 
 
@@ -467,7 +478,8 @@ def read_unique_records(path: Path, invalid: list[str] | None = None, view: type
     records: dict[str, View] = {}
     seen: set[str] = set()
     with paused_gc():
-        for number, line in _numbered_lines(path.read_text(encoding="utf-8")):
+        for number, text in _numbered_lines(path):
+            line = _without_newline(text)
             try:
                 record = view.model_validate_json(line)
             except ValidationError:

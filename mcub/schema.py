@@ -183,16 +183,27 @@ class Record(BaseModel):
     """decode_s (worker time on the media), model_s (model time per sample of its batch)."""
 
 
-class RecordOutcome(BaseModel):
-    """The fields of a Record that paired comparisons read (`mcub compare`, the leaderboard's ties): a projection,
-    read from a record line without the rest of it (which is neither validated nor kept)."""
+def record_view(name: str, fields: tuple[str, ...], doc: str) -> type[BaseModel]:
+    """A projection of Record: the named fields, with Record's own types, defaults and docs, read from a record line
+    without the rest of it (which is neither validated nor kept)."""
+    from pydantic import create_model
 
-    model_config = ConfigDict(extra="ignore")
+    chosen = {field: (Record.model_fields[field].annotation, Record.model_fields[field]) for field in fields}
+    return create_model(name, __config__=ConfigDict(extra="ignore"), __doc__=doc, **chosen)
 
-    task: str
-    id: str
-    question_index: int
-    correct: bool | None
+
+RecordOutcome = record_view(
+    "RecordOutcome",
+    ("task", "id", "question_index", "correct"),
+    "The fields of a Record that paired comparisons read (`mcub compare`, the leaderboard's ties).",
+)
+RecordFigures = record_view(
+    "RecordFigures",
+    ("task", "id", "question_index", "condition", "question_sha256", "answer_sha256", "prompt_sha256", "gold",
+     "extracted", "unparseable", "scores", "judgement", "correct", "error", "scored", "media", "receipts", "meta"),
+    "The fields of a Record that a resumed run reads: the data hashes and whether it is scored, and what a task's "
+    "summary is computed from (metrics, breakdowns, media consumption). A record still to be scored is read whole.",
+)  # fmt: skip
 
 
 # --- metrics ------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ the judge's bounded concurrency, never inside the batch loop."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -102,11 +102,18 @@ def check_scorable(records: Iterable[Record], task: TaskSpec, protocol: Protocol
 
 def score_records(records: list[Record], task: TaskSpec, protocol: Protocol, context: ScoringContext) -> list[Record]:
     """The records with their outcome filled under `protocol` (in the same order); unanswered records stay wrong."""
+    outcomes = outcome_fields(records, task, protocol, context)
+    return [record.model_copy(update=fields) for record, fields in zip(records, outcomes, strict=True)]
+
+
+def outcome_fields(
+    records: list[Record], task: TaskSpec, protocol: Protocol, context: ScoringContext
+) -> Iterator[dict[str, Any]]:
+    """Each record's outcome under `protocol` as the Record fields it sets (`score_records` without the copies)."""
     answered = [record for record in records if record.error is None]
     if context.judges:
         requests = (protocol.judge_request(Answer.of(record), task) for record in answered)
         context.prefetch(request for request in requests if request is not None)
-    scored = []
     for record in records:
         fields: dict[str, Any] = {"protocol": protocol.name, "scored": True}
         if record.error is None:
@@ -120,5 +127,4 @@ def score_records(records: list[Record], task: TaskSpec, protocol: Protocol, con
         else:
             fields |= {"extracted": None, "extraction": None, "unparseable": False, "scores": None,
                        "judgement": None, "correct": protocol.unanswered(task)}  # fmt: skip
-        scored.append(record.model_copy(update=fields))
-    return scored
+        yield fields

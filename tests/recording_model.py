@@ -32,7 +32,9 @@ class Received:
 class RecordingArguments(AdapterArguments):
     builder: ClassVar[str] = "recording_model:RecordingModel"
 
-    answer: Literal["A", "gold"] = "A"
+    answer: Literal["A", "gold", "gold-if-audio"] = "A"
+    """A fixed letter, the gold letter, or the gold letter only for samples given a non-silent audio input ("A" for
+    the others: a model that relies on the audio)."""
     decodes: bool = True
     """Whether the harness decodes its media (False: a model that reads the files itself)."""
 
@@ -53,10 +55,16 @@ class RecordingModel(Model):
             provenance = [dict(item.provenance) for item in inputs]
             RecordingModel.received.append(Received(sample.id, sample.prompt, list(sample.media), tensors, provenance))
         receipts = [[MediaReceipt(modality=m, path=p, positions=1) for m, p in sample.media] for sample in samples]
-        return PreparedBatch(samples, [sample.prompt for sample in samples], receipts=receipts)
+        heard = [any(item.modality == "audio" and bool(item.tensors["waveform"].any()) for item in inputs)
+                 for inputs in media]  # fmt: skip
+        return PreparedBatch(samples, [sample.prompt for sample in samples], inputs=heard, receipts=receipts)
 
     def generate(self, batch, max_new_tokens, stop="eos"):
-        return [sample.answer if self.arguments.answer == "gold" else "A" for sample in batch.samples]
+        answer = self.arguments.answer
+        return [
+            sample.answer if answer == "gold" or (answer == "gold-if-audio" and heard) else "A"
+            for sample, heard in zip(batch.samples, batch.inputs, strict=True)
+        ]
 
     def loglik(self, batch, continuations):
         return [[0.0] * len(options) for options in continuations]

@@ -60,6 +60,17 @@ def test_a_resume_with_nothing_new_leaves_the_records_file_as_it_was(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["mcub-sample.jsonl"]  # the empty part file is gone
 
 
+def test_a_run_made_before_conditions_existed_resumes_and_one_under_conditions_does_not_as_it(tmp_path, capsys):
+    assert _eval(tmp_path, "--run-name", "r", "--limit", "3") == 0
+    identity_file = tmp_path / "random" / "r" / "run.json"
+    identity = json.loads(identity_file.read_text())
+    assert identity.pop("conditions") == []
+    identity_file.write_text(json.dumps(identity))  # as runs of mcub before conditions recorded it
+    assert _eval(tmp_path, "--run-name", "r", "--limit", "3", "--resume") == 0
+    assert _eval(tmp_path, "--run-name", "r", "--limit", "3", "--resume", "--condition", "drop:audio") == 2
+    assert "conditions: [] then, ['drop:audio'] now" in capsys.readouterr().err
+
+
 def test_a_resume_that_adds_records_gives_what_a_single_run_gives(tmp_path):
     assert _eval(tmp_path, "--run-name", "whole") == 0
     assert _eval(tmp_path, "--run-name", "cut") == 0
@@ -172,6 +183,18 @@ def test_reading_versions_imports_neither_torch_nor_transformers():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["[]", "True", "None"]
+
+
+def test_a_model_that_computes_with_no_torch_runs_and_resumes_without_importing_it(tmp_path):
+    code = (
+        "import sys\nfrom mcub import EvalRequest, evaluate\n"
+        f"request = EvalRequest(model='random', tasks=['mcub-sample'], output_dir={str(tmp_path)!r}, run_name='r', "
+        "progress=False)\nfirst = evaluate(request)\nagain = evaluate(request.model_copy(update={'resume': True}))\n"
+        "print('torch' in sys.modules, first.settings.device, first.settings.dtype, "
+        "again.tasks['mcub-sample'].metrics == first.tasks['mcub-sample'].metrics)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert result.stdout.split() == ["False", "cpu", "float32", "True"], result.stderr
 
 
 @pytest.mark.parametrize("entry", [["-m", "mcub.compare"], ["-m", "mcub", "compare"]])

@@ -79,6 +79,8 @@ def load_task(task: TaskSpec, paths: DataPaths = DEFAULT_PATHS, answer_file: Pat
     answer_file = answer_file or locate_file(task, task.answers, paths)
     question_bytes = read_bytes(question_file)
     answer_bytes = read_bytes(answer_file)
+    question_sha256 = hashlib.sha256(question_bytes).hexdigest()
+    answer_sha256 = hashlib.sha256(answer_bytes).hexdigest()
     findings = _Findings()
     media_paths = MediaPaths(task.data_root(paths.data_root), paths.media_root)
     with paused_gc():
@@ -86,18 +88,21 @@ def load_task(task: TaskSpec, paths: DataPaths = DEFAULT_PATHS, answer_file: Pat
             samples = _pointllm_samples(task, question_file, question_bytes, media_paths, findings.record_problems)
         else:
             questions = parse_records(question_file, question_bytes)
-            answers = parse_records(answer_file, answer_bytes)
+            del question_bytes  # each file is let go once parsed (at 100k questions, hundreds of MB each)
             wanted = {str(record["id"]) for record in questions}
-            gold = _gold_answers(task, answer_file, answers, wanted, findings.record_problems)
+            gold = _gold_answers(task, answer_file, parse_records(answer_file, answer_bytes), wanted,
+                                 findings.record_problems)  # fmt: skip
+            del answer_bytes
             samples = _samples(task, (question_file, answer_file), questions, gold, media_paths, findings)
+            del gold
             if shared:
                 findings.record_problems.extend(shared_id_problems(task, question_file, questions, paths))
     return TaskData(
         task=task,
         question_file=question_file,
         answer_file=answer_file,
-        question_sha256=hashlib.sha256(question_bytes).hexdigest(),
-        answer_sha256=hashlib.sha256(answer_bytes).hexdigest(),
+        question_sha256=question_sha256,
+        answer_sha256=answer_sha256,
         samples=samples,
         record_problems=findings.record_problems,
         sample_problems=findings.sample_problems,

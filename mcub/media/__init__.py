@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from mcub.errors import MediaError
 from mcub.hashing import file_sha256
@@ -30,6 +30,27 @@ class MediaInput:
     provenance: dict[str, Any]
 
 
+class SignalEdit(Protocol):
+    """A change of a decoded signal before its preprocessing (a run condition's: blank, noise): the signal as the
+    decoder gives it (an RGB image, video frames, 16 kHz mono samples, points) in, the changed signal out. `key`
+    identifies the change (decoded media are shared within a batch by file and key); `provenance` says what it did."""
+
+    key: str
+    provenance: dict[str, Any]
+
+    def __call__(self, signal: Any) -> Any: ...
+
+
+def edited(signal: Any, edit: SignalEdit | None, path: str) -> Any:
+    """`signal` as `edit` changes it (unchanged without one); a ValueError of the edit is a MediaError naming `path`."""
+    if edit is None:
+        return signal
+    try:
+        return edit(signal)
+    except ValueError as error:
+        raise MediaError(path, f"{edit.key}: {error}") from None
+
+
 def preprocessing_names(modality: Modality) -> tuple[str, ...]:
     """The named preprocessings of a modality; the first is the default (the released encoder's)."""
     return tuple(importlib.import_module(_MODULES[modality]).PREPROCESSING)
@@ -41,21 +62,24 @@ def load_media(
     preprocessing: str | None = None,
     sha256: str | None = None,
     limits: MediaLimits = DEFAULT_LIMITS,
+    edit: SignalEdit | None = None,
 ) -> MediaInput:
     """Decode `path` and apply a named preprocessing (default: the one the released checkpoints used); `sha256`
-    is the file's content hash when the caller has it already. A file over `limits` is refused from its header."""
+    is the file's content hash when the caller has it already. A file over `limits` is refused from its header.
+    With `edit`, the decoded signal is changed before the preprocessing, and the provenance says how (its
+    `preprocessing` is then `<name>+<edit key>`)."""
     module = importlib.import_module(_MODULES[modality])
     name = preprocessing or preprocessing_names(modality)[0]
     if name not in module.PREPROCESSING:
         raise ValueError(f"unknown {modality} preprocessing {name!r}; known: {', '.join(module.PREPROCESSING)}")
     check_limits(modality, path, limits, getattr(module, "READ_SECONDS", {}).get(name))
-    tensors, provenance = module.PREPROCESSING[name](path)
-    return MediaInput(
-        modality,
-        path,
-        tensors,
-        {"path": path, "sha256": sha256 or file_sha256(path), "preprocessing": name, **provenance},
-    )
+    tensors, provenance = module.PREPROCESSING[name](path, edit)
+    described = {"path": path, "sha256": sha256 or file_sha256(path), "preprocessing": name, **provenance}
+    if edit is not None:
+        # The edit is part of the preprocessing's name, so that inputs of one file edited alike, and only those, are
+        # encoded alike (models share the encoding of inputs of the same file content and preprocessing).
+        described |= {**edit.provenance, "preprocessing": f"{name}+{edit.key}"}
+    return MediaInput(modality, path, tensors, described)
 
 
 def check_file(path: str) -> int:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from mcub.errors import MediaError
-from mcub.media import check_file
+from mcub.media import SignalEdit, check_file, edited
 
 SAMPLE_RATE = 16_000
 FBANK_FRAMES = 1024
@@ -156,16 +156,18 @@ def beats_fbank(
 
 
 def _beats(padding_mask: PaddingMask):
-    def preprocess(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    def preprocess(path: str, edit: SignalEdit | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
         waveform, provenance = decode_audio(path, BEATS_SECONDS)
+        waveform = edited(waveform, edit, path)
         fbank, mask, window = beats_fbank(waveform, padding_mask=padding_mask, path=path)
         return {"fbank": fbank, "padding_mask": mask}, {**provenance, **window}
 
     return preprocess
 
 
-def _waveform_16k(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _waveform_16k(path: str, edit: SignalEdit | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     waveform, provenance = decode_audio(path)
+    waveform = edited(waveform, edit, path)
     return {"waveform": waveform}, provenance
 
 

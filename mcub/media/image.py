@@ -10,7 +10,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from mcub.errors import MediaError
-from mcub.media import check_file
+from mcub.media import SignalEdit, check_file, edited
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -57,18 +57,21 @@ def clip_pixel_values(image: Image.Image, size: int = CLIP_IMAGE_SIZE) -> torch.
     return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
 
 
-def _clip_336_pad(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _clip_336_pad(path: str, edit: SignalEdit | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     image, provenance = decode_image(path)
+    image = edited(image, edit, path)
     return {"pixel_values": clip_pixel_values(pad_to_square(image))}, {**provenance, "padded_to_square": True}
 
 
-def _clip_336(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _clip_336(path: str, edit: SignalEdit | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     image, provenance = decode_image(path)
+    image = edited(image, edit, path)
     return {"pixel_values": clip_pixel_values(image)}, {**provenance, "padded_to_square": False}
 
 
-def _rgb(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _rgb(path: str, edit: SignalEdit | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     image, provenance = decode_image(path)
+    image = edited(image, edit, path)
     return {"pixels": torch.from_numpy(np.array(image, dtype=np.uint8))}, provenance
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from mcub.errors import MediaError
-from mcub.media import check_file
+from mcub.media import SignalEdit, check_file, edited
 
 POINT_COUNT = 8192
 RESAMPLING_SEED = 0
@@ -86,19 +86,22 @@ def resample_points(points: np.ndarray, count: int, seed: int) -> tuple[np.ndarr
     }
 
 
-def _stored(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _stored(path: str, edit: SignalEdit | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     points, provenance = decode_points(path)
+    points = edited(points, edit, path)
     return {"points": torch.from_numpy(np.ascontiguousarray(points))}, {**provenance, "normalized": False}
 
 
-def _pointllm_normalized(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _pointllm_normalized(path: str, edit: SignalEdit | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     points, provenance = decode_points(path)
+    points = edited(points, edit, path)
     normalized = normalize_points(points)
     return {"points": torch.from_numpy(normalized)}, {**provenance, "normalized": True}
 
 
-def _stored_fixed_count(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _stored_fixed_count(path: str, edit: SignalEdit | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     points, provenance = decode_points(path)
+    points = edited(points, edit, path)
     points, sampling = resample_points(points, POINT_COUNT, RESAMPLING_SEED)
     return {"points": torch.from_numpy(np.ascontiguousarray(points))}, {**provenance, **sampling, "normalized": False}
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from mcub.errors import MediaError
-from mcub.media import check_file
+from mcub.media import SignalEdit, check_file, edited
 from mcub.media.audio import decode_audio
 from mcub.media.image import CLIP_MEAN, CLIP_STD, decode_image
 
@@ -132,8 +132,9 @@ def languagebind_pixel_values(frames: np.ndarray, size: int = LANGUAGEBIND_SIZE)
 
 
 def _languagebind(backend: Backend):
-    def preprocess(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    def preprocess(path: str, edit: SignalEdit | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
         frames, provenance = decode_video(path, NUM_FRAMES, backend)
+        frames = edited(frames, edit, path)
         return {"pixel_values": languagebind_pixel_values(frames)}, provenance
 
     return preprocess
@@ -188,8 +189,9 @@ def decode_qwen_omni_video(path: str) -> tuple[np.ndarray, dict[str, Any]]:
 
 
 def _qwen_omni(with_audio: bool):
-    def preprocess(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    def preprocess(path: str, edit: SignalEdit | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
         frames, provenance = decode_qwen_omni_video(path)
+        frames = edited(frames, edit, path)
         tensors: dict[str, Any] = {"frames": torch.from_numpy(frames)}
         if with_audio:
             try:

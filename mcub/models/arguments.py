@@ -21,6 +21,9 @@ class AdapterArguments(BaseModel):
     """`module:callable` that builds the Model from `(runtime, arguments)`; imported only to build it."""
     cuda_dtype: ClassVar[str] = "bfloat16"
     """The dtype `--dtype auto` stands for on CUDA (float32 elsewhere)."""
+    computes_on_device: ClassVar[bool] = True
+    """Whether the model computes with torch on the run's device; False (a seeded chance model, a served model):
+    `--device auto` is the CPU, found without importing torch."""
     encoder_arguments: ClassVar[frozenset[str]] = frozenset()
     """The arguments that change what the encoders compute (their weights or configuration): runs that differ in one
     cannot share encoder features, so `mcub sweep` refuses a grid over them."""

@@ -9,6 +9,7 @@ from mcub.models.arguments import AdapterArguments
 
 class RandomArguments(AdapterArguments):
     builder: ClassVar[str] = "mcub.models.baselines:RandomModel"
+    computes_on_device: ClassVar[bool] = False
 
     seed: int | None = None
     """The seed of the per-sample choices (default: the run's seed)."""

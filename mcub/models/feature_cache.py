@@ -76,10 +76,13 @@ class FeatureCache:
 
     def store(self, media: MediaInput, features: Tensor) -> None:
         """Keep the encoder features of a decoded media file, with its decoding provenance and what `load` checks;
-        features that are not all finite are not kept (a warning says so)."""
+        features that are not all finite are not kept (a warning says so), nor those of an input a run condition
+        changed after decoding (blank, noise: they are not the file's)."""
         import torch
         from safetensors.torch import save_file
 
+        if "condition" in media.provenance:
+            return
         key = self.key(media.modality, media.provenance["sha256"], media.provenance["preprocessing"])
         features = features.detach().to("cpu").contiguous()
         if not bool(torch.isfinite(features).all()):

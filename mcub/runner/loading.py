@@ -7,13 +7,15 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from mcub.conditions import media_edits
+from mcub.conditions.inputs import signal_edit
 from mcub.errors import MediaError
 from mcub.hashing import file_sha256
-from mcub.media import MediaInput, check_file, load_media, preprocessing_names
+from mcub.media import MediaInput, SignalEdit, check_file, load_media, preprocessing_names
 from mcub.media.limits import DEFAULT_LIMITS, MediaLimits, check_limits
 from mcub.modalities import Modality
 from mcub.models.base import Model
@@ -76,16 +78,19 @@ class SampleDataset:
             return LoadedSample(sample, error=f"data error: {sample.error}")
         start = time.perf_counter()
         loaded = LoadedSample(sample)
+        edits = media_edits(sample)
         try:
-            for modality, path in sample.media:
+            for (modality, path), steps in zip(sample.media, edits, strict=True):
                 if self.preprocessing is None:
+                    if steps:
+                        raise MediaError(path, "a run condition changes the decoded input, and the model decodes none")
                     if self.limits is None:
                         check_file(path)
                     else:
                         check_limits(modality, path, self.limits)
                     loaded.provenance.append({"path": path, "modality": modality, "decoded": False})
                     continue
-                media = self._load(modality, path, decoded)
+                media = self._load(modality, path, decoded, signal_edit(modality, steps))
                 loaded.media.append(media)
                 loaded.provenance.append({"modality": modality, **media.provenance})
         except MediaError as error:
@@ -93,15 +98,16 @@ class SampleDataset:
         loaded.decode_s = time.perf_counter() - start
         return loaded
 
-    def _load(self, modality: Modality, path: str, decoded: DecodedMedia) -> MediaInput:
-        """The file as `decoded` has it; else its cached features, when the cache has them; else the decoded file."""
+    def _load(self, modality: Modality, path: str, decoded: DecodedMedia, edit: SignalEdit | None) -> MediaInput:
+        """The file as `decoded` has it; else its cached features, when the cache has them (never for an edited
+        input); else the decoded file, changed by `edit` when given."""
         name = self.preprocessing.get(modality) or preprocessing_names(modality)[0]
-        key = _file_version(modality, path, name)
+        key = _file_version(modality, path, name, edit.key if edit is not None else None)
         if key in decoded:
             return decoded[key]
         limits = self.limits or DEFAULT_LIMITS
-        if self.feature_cache is None:
-            media = load_media(modality, path, name, limits=limits)
+        if self.feature_cache is None or edit is not None:
+            media = load_media(modality, path, name, limits=limits, edit=edit)
         else:
             check_file(path)
             digest = file_sha256(path)
@@ -117,15 +123,15 @@ DecodedMedia = dict[tuple, MediaInput]
 """Media decoded for one batch, by `_file_version`."""
 
 
-def _file_version(modality: Modality, path: str, preprocessing: str) -> tuple | None:
-    """What a decoded file is kept under: the file's path and preprocessing, and its size, modification time and
-    inode, so that a file changed on disk is decoded again. None when the file cannot be read (decoding reports
-    why)."""
+def _file_version(modality: Modality, path: str, preprocessing: str, edit: str | None = None) -> tuple | None:
+    """What a decoded file is kept under: the file's path, preprocessing and signal edit, and its size, modification
+    time and inode, so that a file changed on disk is decoded again. None when the file cannot be read (decoding
+    reports why)."""
     try:
         status = os.stat(path)
     except OSError:
         return None
-    return (modality, path, preprocessing, status.st_size, status.st_mtime_ns, status.st_ino)
+    return (modality, path, preprocessing, edit, status.st_size, status.st_mtime_ns, status.st_ino)
 
 
 class _BatchDataset:
@@ -174,22 +180,28 @@ def load_batches(
 ) -> Iterator[list[LoadedSample]]:
     """Batches of decoded samples, for the batches this rank claims. Workers fetch single samples, so the samples
     of one batch are decoded in parallel (the first batch is ready after one sample's decoding per worker, not a
-    whole batch's), and about two batches are kept in flight."""
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
+    whole batch's), and about two batches are kept in flight. Without workers or pinned memory, the samples are
+    loaded in this process, without a DataLoader (nor torch, for a model that computes with none)."""
     if not batches:
         return
+    from tqdm import tqdm
+
     sampler = _QueueSampleSampler(batches, claim)
-    loader = DataLoader(
-        _BatchDataset(dataset),
-        batch_size=None,
-        sampler=sampler,
-        num_workers=workers,
-        collate_fn=_as_is,
-        pin_memory=pin_memory,
-        prefetch_factor=max(2, -(-2 * max(len(batch) for batch in batches) // workers)) if workers else None,
-    )
+    if workers or pin_memory:
+        from torch.utils.data import DataLoader
+
+        loader: Iterable[LoadedSample] = DataLoader(
+            _BatchDataset(dataset),
+            batch_size=None,
+            sampler=sampler,
+            num_workers=workers,
+            collate_fn=_as_is,
+            pin_memory=pin_memory,
+            prefetch_factor=max(2, -(-2 * max(len(batch) for batch in batches) // workers)) if workers else None,
+        )
+    else:
+        fetch = _BatchDataset(dataset)
+        loader = (fetch[key] for key in sampler)
     with tqdm(total=len(sampler), desc=name, unit="sample", disable=not progress, dynamic_ncols=True) as bar:
         items: list[LoadedSample] = []
         for item in loader:

@@ -18,12 +18,12 @@ from mcub.errors import RunError
 from mcub.media.limits import DEFAULT_LIMITS, MediaLimits
 from mcub.models.base import Model, PreparedBatch
 from mcub.protocols import Answer, Protocol
-from mcub.results import RecordFile, RecordLog, consolidate_records, read_records
+from mcub.results import RecordFile, RecordLog, consolidate_records, read_record_file
 from mcub.runner.batching import find_batch_size, length_sorted_batches
 from mcub.runner.distributed import Distributed
 from mcub.runner.loading import LoadedSample, SampleDataset, load_batches
 from mcub.runner.receipts import receipt_problem
-from mcub.schema import Decoding, MediaReceipt, Record
+from mcub.schema import Decoding, MediaReceipt, Record, RecordFigures
 from mcub.tasks import TaskSpec
 
 
@@ -105,9 +105,9 @@ def run_task(
     notes: list[str] = []
     folded = None
     if dist.is_main:
-        folded, notes = consolidate_records(records_dir, task.name)
+        folded, notes = consolidate_records(records_dir, task.name, view=RecordFigures)
     dist.barrier()
-    recorded = folded.records if folded is not None else read_records(main_file, repair=False)[0]
+    recorded = (folded or read_record_file(main_file, repair=False, view=RecordFigures)).records
     current = (data.question_sha256, data.answer_sha256)
     on_data = {i for i, r in recorded.items() if (r.question_sha256, r.answer_sha256) == current}
     done = {i for i in on_data if recorded[i].condition == settings.condition}
@@ -140,7 +140,7 @@ def run_task(
         log.close()
     dist.barrier()
     if folded is not None:
-        folded, damaged = consolidate_records(records_dir, task.name, folded)
+        folded, damaged = consolidate_records(records_dir, task.name, folded, RecordFigures)
         notes += damaged
     return TaskRecords(folded, notes)
 

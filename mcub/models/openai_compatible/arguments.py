@@ -26,6 +26,7 @@ class OpenAICompatibleArguments(AdapterArguments):
     backoff `backoff_s` * 2^k. `seed` is sent with every request (default: the run's `--seed`)."""
 
     builder: ClassVar[str] = "mcub.models.openai_compatible.model:OpenAICompatibleModel"
+    computes_on_device: ClassVar[bool] = False
 
     model: str | None = None
     base_url: list[str] | None = None
