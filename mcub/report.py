@@ -29,7 +29,8 @@ def task_columns(summaries: list[RunSummary]) -> dict[tuple[str, str, str], str]
 
 
 def report_frame(run_dirs: list[Path], numeric: bool):
-    """A pandas DataFrame: index = runs, columns = tasks; cells "acc [low, high]", or numbers when `numeric`."""
+    """A pandas DataFrame: index = runs, columns = tasks (and `<task> circular`, the CircularEval accuracy, for a
+    rotated task); cells "acc [low, high]", or numbers when `numeric`."""
     import pandas as pd
 
     summaries = [read_summary(run_dir) for run_dir in run_dirs]
@@ -39,11 +40,15 @@ def report_frame(run_dirs: list[Path], numeric: bool):
         row = {}
         for name, task in summary.tasks.items():
             label = columns[(name, task.protocol, task.question_sha256 + task.answer_sha256)]
-            m = task.metrics
-            if numeric:
-                row.update({f"{label} acc": m.accuracy, f"{label} ci_low": m.ci_low, f"{label} ci_high": m.ci_high})
-            else:
-                row[label] = "-" if m.accuracy is None else f"{m.accuracy:.2f} [{m.ci_low:.2f}, {m.ci_high:.2f}]"
+            cells = {label: task.metrics}
+            if task.metrics.circular is not None:
+                cells[f"{label} circular"] = task.metrics.circular
+            for column, m in cells.items():
+                if numeric:
+                    row.update({f"{column} acc": m.accuracy, f"{column} ci_low": m.ci_low,
+                                f"{column} ci_high": m.ci_high})  # fmt: skip
+                else:
+                    row[column] = "-" if m.accuracy is None else f"{m.accuracy:.2f} [{m.ci_low:.2f}, {m.ci_high:.2f}]"
         rows[f"{summary.model.name} ({run_dir.name})"] = row
     frame = pd.DataFrame.from_dict(rows, orient="index")
     frame.index.name = "run"

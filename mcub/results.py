@@ -276,7 +276,8 @@ def _interval(low: float | None, high: float | None) -> str:
 
 
 def summary_table(summary: RunSummary) -> str:
-    """A markdown table of one run: a row per task, then per group (micro and macro)."""
+    """A markdown table of one run: a row per task, then per group (micro and macro); then, where the run has them,
+    the CircularEval accuracies and the position bias of its letter tasks."""
     lines = [
         "| task | protocol | n | accuracy | 95% CI | unparseable | missing | errors |",
         "|---|---|---:|---:|---|---:|---:|---:|",
@@ -293,7 +294,52 @@ def summary_table(summary: RunSummary) -> str:
                 f"| {name} ({kind}) | | {value.n} | {_percent(value.accuracy)} | "
                 f"{_interval(value.ci_low, value.ci_high)} | | | |"
             )
-    return "\n".join(lines)
+    return "\n".join(lines + circular_lines(summary) + position_bias_lines(summary))
+
+
+def circular_lines(summary: RunSummary) -> list[str]:
+    """The CircularEval table of a run's rotated tasks (none when it has none)."""
+    rows = [(name, task.metrics) for name, task in summary.tasks.items() if task.metrics.circular is not None]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "CircularEval (over items; circular: right under every rotation of the options; original order: rotation 0):",
+        "",
+        "| task | items | rotations | circular | 95% CI | original order | 95% CI | incomplete items |",
+        "|---|---:|---:|---:|---|---:|---|---:|",
+    ]
+    for name, m in rows:
+        c, o = m.circular, m.original_order
+        lines.append(
+            f"| {name} | {c.n} | {c.rotations} | {_percent(c.accuracy)} | {_interval(c.ci_low, c.ci_high)} "
+            f"| {_percent(o.accuracy)} | {_interval(o.ci_low, o.ci_high)} | {c.incomplete} |"
+        )
+    return lines
+
+
+def position_bias_lines(summary: RunSummary) -> list[str]:
+    """The position-bias table of a run's letter tasks (none when it has none)."""
+    rows = [(name, task.metrics.position_bias) for name, task in summary.tasks.items()]
+    rows = [(name, bias) for name, bias in rows if bias is not None]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Position bias (records by gold letter and by answer; chi-square test that accuracy is the same whatever "
+        "the gold letter):",
+        "",
+        "| task | gold | answered | accuracy by gold letter | chi-square (df) | p |",
+        "|---|---|---|---|---|---:|",
+    ]
+    for name, bias in rows:
+        gold = " ".join(f"{letter}:{count}" for letter, count in bias.gold.items())
+        answered = " ".join(f"{key}:{count}" for key, count in bias.answered.items())
+        by_gold = " ".join(f"{letter}:{value:.2f}" for letter, value in bias.accuracy_by_gold.items())
+        test = "-" if bias.statistic is None else f"{bias.statistic:.2f} ({bias.df})"
+        p_value = "-" if bias.p_value is None else f"{bias.p_value:.3g}"
+        lines.append(f"| {name} | {gold} | {answered} | {by_gold} | {test} | {p_value} |")
+    return lines
 
 
 def git_revision() -> str | None:

@@ -240,6 +240,35 @@ class MeanScore(BaseModel):
     ci_high: float | None
 
 
+class CircularAccuracy(Accuracy):
+    """CircularEval: accuracy over the `n` items of a task whose options were rotated, an item right when every one of
+    its rotations is right (a rotation without a record, or with an error, makes it wrong)."""
+
+    rotations: int
+    """The rotated samples of the items (the records expected)."""
+    incomplete: int
+    """Items with a rotation that has no record or an error record (each counted wrong)."""
+
+
+class PositionBias(BaseModel):
+    """Where the gold option of a letter task sits against what the model answered, and Pearson's chi-square test
+    that the accuracy is the same whatever the gold letter (a 2 x K table: right / wrong by gold letter)."""
+
+    letters: list[str]
+    gold: dict[str, int]
+    """Records by gold letter."""
+    answered: dict[str, int]
+    """Records by the letter answered, and `unparseable` and `error` (records with no letter answer)."""
+    accuracy_by_gold: dict[str, float]
+    """Percent right among the records of each gold letter present."""
+    statistic: float | None
+    df: int | None
+    p_value: float | None
+    """None when the test is undefined: fewer than two gold letters present, or every record right or every wrong."""
+    min_expected: float | None
+    """The smallest expected cell count (the chi-square approximation wants about 5 or more)."""
+
+
 class TaskMetrics(Accuracy):
     """A task's accuracy over all its gold items (None for open answers with no right or wrong), its open-answer
     scores, and what kept items from being answered."""
@@ -250,6 +279,13 @@ class TaskMetrics(Accuracy):
     breakdown: dict[str, dict[str, Accuracy]] = {}
     scores: dict[str, MeanScore] = {}
     failed_judgements: int = 0
+    circular: CircularAccuracy | None = None
+    """CircularEval runs: the items right under every rotation of their options."""
+    original_order: Accuracy | None = None
+    """CircularEval runs: the items right under rotation 0 (the options as the task poses them), over items; the
+    task's own accuracy above is over every rotated sample (the mean over rotations)."""
+    position_bias: PositionBias | None = None
+    """Letter tasks: the answered and gold letters and the test of accuracy by gold letter."""
 
 
 class GroupMetrics(BaseModel):

@@ -9,7 +9,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from mcub.schema import Accuracy, GroupMetrics, MeanScore, Outcome, Record, TaskMetrics
+from mcub.position_bias import position_bias
+from mcub.schema import Accuracy, CircularAccuracy, GroupMetrics, MeanScore, Outcome, Record, TaskMetrics
 
 AUTHORS_STOP = "</s>"
 BOOTSTRAP_RESAMPLES = 2000
@@ -245,8 +246,12 @@ def task_metrics(
         record = records.get(sample_id)
         return ((record.scores or {}).get(name) if record is not None else None) or 0.0
 
+    circular = circular_metrics(gold_ids, records, seed) if is_circular(present) else None
     return TaskMetrics(
         **overall.model_dump(),
+        circular=circular[0] if circular else None,
+        original_order=circular[1] if circular else None,
+        position_bias=position_bias(present),
         scores={name: mean_score([score(i, name) for i in gold_ids], seed) for name in names},
         unparseable=sum(1 for record in present if record.unparseable and not record.error),
         failed_judgements=sum(1 for record in present if (record.judgement or {}).get("error")),
@@ -256,6 +261,43 @@ def task_metrics(
             field: {label: accuracy(n, hits, seed) for label, (n, hits) in sorted(values.items())}
             for field, values in cells.items()
         },
+    )
+
+
+def is_circular(records: Iterable[Record]) -> bool:
+    """Whether the records are of a CircularEval run (their condition includes `circular`)."""
+    from mcub.conditions.circular import SPEC
+
+    return any(SPEC in record.condition.split("+") for record in records)
+
+
+def circular_metrics(
+    gold_ids: list[str], records: Mapping[str, Record], seed: int
+) -> tuple[CircularAccuracy, Accuracy]:
+    """CircularEval over the items of rotated gold ids (`<item>@r<rotation>`): the items right under every rotation,
+    and those right under rotation 0. A rotation without a record or with an error, or one its records name that is
+    not among the gold ids (cut by `--limit`), makes its item wrong and incomplete."""
+    from mcub.conditions.circular import rotation_count, split_rotation_id
+
+    items: dict[str, dict[int, Record | None]] = defaultdict(dict)
+    for sample_id in gold_ids:
+        item, rotation = split_rotation_id(sample_id)
+        items[item][rotation] = records.get(sample_id)
+    expected = {
+        item: max([len(rotations)] + [rotation_count(r.meta) or 0 for r in rotations.values() if r is not None])
+        for item, rotations in items.items()
+    }
+    complete = {
+        item: len(rotations) == expected[item] and all(r is not None and not r.error for r in rotations.values())
+        for item, rotations in items.items()
+    }
+    every = sum(complete[item] and all(r.correct for r in rotations.values()) for item, rotations in items.items())
+    first = sum(bool(rotations.get(0) is not None and rotations[0].correct) for rotations in items.values())
+    circular = accuracy(len(items), every, seed).model_dump()
+    incomplete = list(complete.values()).count(False)
+    return (
+        CircularAccuracy(**circular, rotations=sum(expected.values()), incomplete=incomplete),
+        accuracy(len(items), first, seed),
     )
 
 

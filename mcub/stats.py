@@ -1,5 +1,5 @@
-"""Paired statistics between two runs on the same items: accuracy difference with a paired bootstrap interval,
-the exact McNemar test, and Holm's correction across tasks."""
+"""Paired statistics between two runs on the same items (accuracy difference with a paired bootstrap interval, the
+exact McNemar test, Holm's correction across tasks), and the chi-square test of homogeneity of a 2 x K table."""
 
 from __future__ import annotations
 
@@ -97,3 +97,82 @@ def holm(p_values: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
         adjusted[index] = running
     return adjusted
+
+
+@dataclass(frozen=True)
+class ChiSquare:
+    """A chi-square test: the statistic, its degrees of freedom and the upper-tail p-value."""
+
+    statistic: float
+    df: int
+    p_value: float
+    min_expected: float
+    """The smallest expected cell count (the chi-square approximation wants about 5 or more)."""
+
+
+def chi_square_homogeneity(table: Sequence[Sequence[int]]) -> ChiSquare | None:
+    """Pearson's chi-square test that the columns of a table of counts share one distribution over its rows. Rows
+    and columns whose counts are all zero are left out; None when fewer than two of either remain."""
+    rows = [row for row in table if sum(row) > 0]
+    columns = [column for column in zip(*rows, strict=True) if sum(column) > 0] if rows else []
+    if len(rows) < 2 or len(columns) < 2:
+        return None
+    row_totals = [sum(column[index] for column in columns) for index in range(len(rows))]
+    column_totals = [sum(column) for column in columns]
+    total = sum(column_totals)
+    statistic, min_expected = 0.0, math.inf
+    for column, column_total in zip(columns, column_totals, strict=True):
+        for observed, row_total in zip(column, row_totals, strict=True):
+            expected = row_total * column_total / total
+            statistic += (observed - expected) ** 2 / expected
+            min_expected = min(min_expected, expected)
+    df = (len(rows) - 1) * (len(columns) - 1)
+    return ChiSquare(statistic, df, chi_square_sf(statistic, df), min_expected)
+
+
+def chi_square_sf(x: float, df: int) -> float:
+    """P(X >= x) for X ~ chi-square with `df` degrees of freedom: the regularised upper incomplete gamma
+    Q(df/2, x/2)."""
+    if df < 1:
+        raise ValueError(f"chi-square degrees of freedom must be at least 1, not {df}")
+    if x <= 0:
+        return 1.0
+    return regularized_upper_gamma(df / 2, x / 2)
+
+
+GAMMA_EPSILON = 1e-16
+GAMMA_MAX_TERMS = 10_000
+
+
+def regularized_upper_gamma(a: float, x: float) -> float:
+    """Q(a, x) = Gamma(a, x) / Gamma(a), for a > 0 and x >= 0: by the power series of P = 1 - Q when x < a + 1,
+    else by the continued fraction of Q (modified Lentz), each to about 1e-15 relative error."""
+    if x <= 0:
+        return 1.0
+    log_prefix = a * math.log(x) - x - math.lgamma(a)
+    if x < a + 1:
+        term = total = 1 / a
+        for n in range(1, GAMMA_MAX_TERMS):
+            term *= x / (a + n)
+            total += term
+            if abs(term) < abs(total) * GAMMA_EPSILON:
+                break
+        return max(0.0, 1.0 - total * math.exp(log_prefix))
+    tiny = 1e-300
+    b = x + 1 - a
+    c = 1 / tiny
+    d = 1 / b
+    fraction = d
+    for n in range(1, GAMMA_MAX_TERMS):
+        an = -n * (n - a)
+        b += 2
+        d = an * d + b
+        d = tiny if abs(d) < tiny else d
+        c = b + an / c
+        c = tiny if abs(c) < tiny else c
+        d = 1 / d
+        step = d * c
+        fraction *= step
+        if abs(step - 1) < GAMMA_EPSILON:
+            break
+    return math.exp(log_prefix) * fraction
