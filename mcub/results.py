@@ -277,7 +277,7 @@ def _interval(low: float | None, high: float | None) -> str:
 
 def summary_table(summary: RunSummary) -> str:
     """A markdown table of one run: a row per task, then per group (micro and macro); then, where the run has them,
-    the CircularEval accuracies and the position bias of its letter tasks."""
+    the CircularEval accuracies, the position bias of its letter tasks and the conditions it was run under."""
     lines = [
         "| task | protocol | n | accuracy | 95% CI | unparseable | missing | errors |",
         "|---|---|---:|---:|---|---:|---:|---:|",
@@ -294,7 +294,9 @@ def summary_table(summary: RunSummary) -> str:
                 f"| {name} ({kind}) | | {value.n} | {_percent(value.accuracy)} | "
                 f"{_interval(value.ci_low, value.ci_high)} | | | |"
             )
-    return "\n".join(lines + circular_lines(summary) + position_bias_lines(summary))
+    conditions = summary.settings.conditions
+    noted = ["", f"Every record was made under the condition(s) {'+'.join(conditions)}."] if conditions else []
+    return "\n".join(lines + circular_lines(summary) + position_bias_lines(summary) + noted)
 
 
 def circular_lines(summary: RunSummary) -> list[str]:

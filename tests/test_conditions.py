@@ -375,6 +375,9 @@ def test_rescoring_and_validation_apply_the_run_s_conditions_again(recording, tm
         "the run was made under the condition(s) swap:audio+drop:point; the leaderboard takes runs of the tasks as "
         "they are"
     ]
+    from mcub.results import summary_table
+
+    assert summary_table(rescored).endswith("\n\nEvery record was made under the condition(s) swap:audio+drop:point.")
 
 
 # --- the decoded-media hook --------------------------------------------------------------------------------
