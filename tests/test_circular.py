@@ -134,6 +134,17 @@ def test_tasks_without_lettered_options_in_the_prompt_are_refused_with_the_reaso
         apply_conditions([circular], registry.tasks["music-avqa-audio"], [], seed=0)
 
 
+def test_circular_comes_last_so_that_every_rotation_of_an_item_poses_the_same_inputs():
+    from mcub.conditions import canonical_specs
+    from mcub.request import EvalRequest, RequestError
+
+    assert canonical_specs(["drop:audio", "swap:video", "circular"]) == ["drop:audio", "swap:video", "circular"]
+    with pytest.raises(ConditionError, match=r"condition circular comes last \(here swap:video\+drop:audio follows"):
+        canonical_specs(["circular", "swap:video", "drop:audio"])
+    with pytest.raises(RequestError, match="condition circular comes last"):
+        EvalRequest.build({"model": "random", "conditions": ["circular", "noise:audio=10"]}, "--condition")
+
+
 # --- runs ---------------------------------------------------------------------------------------------------
 
 

@@ -84,11 +84,19 @@ def parse_condition(spec: str) -> Condition:
 
 
 def canonical_specs(specs: Sequence[str]) -> list[str]:
-    """The canonical text of each spec, in order (a ConditionError for a bad one or one given twice)."""
+    """The canonical text of each spec, in order (a ConditionError for a bad one, one given twice, or one after
+    `circular`)."""
     canonical = [parse_condition(spec).spec for spec in specs]
     repeated = sorted({spec for spec in canonical if canonical.count(spec) > 1})
     if repeated:
         raise ConditionError(f"condition {', '.join(repeated)} is given more than once")
+    if "circular" in canonical[:-1]:
+        later = "+".join(canonical[canonical.index("circular") + 1 :])
+        raise ConditionError(
+            f"condition circular comes last (here {later} follows it): a condition after it would act on each "
+            "rotation apart (another donor, permutation or noise per rotation), and the rotations of an item would "
+            "no longer pose the same inputs"
+        )
     return canonical
 
 
