@@ -19,8 +19,11 @@ from mcub.run_lock import LOCK_FILE, RunLock, RunLocked
 
 # An `mcub eval` of the random model whose every batch takes DELAY seconds (so that it can be stopped half-way),
 # and whose batches after the first wait until the file GATE exists, when one is named (however loaded the machine).
+# It takes Ctrl-C as a terminal gives it: a shell starts a background job with SIGINT ignored, which its children
+# inherit.
 SLOW_EVAL = """
-import os, sys, time
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from mcub.models.baselines import RandomModel
 answer = RandomModel.generate
 batches = []
