@@ -81,9 +81,10 @@ def test_two_node_groups_write_exactly_the_records_of_one_process(tmp_path):
     common = ["--model", "random", "--tasks", "mcub-sample", "--output-dir", str(tmp_path), "--no-progress"]
     common += ["--num-workers", "0", "--protocol", "loglik"]
     subprocess.run([sys.executable, "-m", "mcub.eval", *common, "--run-name", "one"], check=True, capture_output=True)
-    codes = _finish(_node_groups([*common, "--run-name", "two"], tmp_path), tmp_path)
+    codes = _finish(_node_groups(common, tmp_path), tmp_path)  # the run's name: rank 0's start time, on every node
     assert codes == [0, 0], (tmp_path / "node0.log").read_text()[-3000:] + (tmp_path / "node1.log").read_text()[-3000:]
-    one, two = tmp_path / "random" / "one", tmp_path / "random" / "two"
+    one = tmp_path / "random" / "one"
+    [two] = [run for run in (tmp_path / "random").iterdir() if run != one]
     assert _records(two / "records" / "mcub-sample.jsonl") == _records(one / "records" / "mcub-sample.jsonl")
     assert sorted(p.name for p in (two / "records").iterdir()) == ["mcub-sample.jsonl"]
     summary = json.loads((two / "summary.json").read_text())
