@@ -18,7 +18,6 @@ from mcub.models.base import ModelSpec
 from mcub.protocols import Protocol, ProtocolError, protocol_for
 from mcub.request import EvalRequest
 from mcub.results import (
-    IDENTITY_FILE,
     REQUEST_FILE,
     RecordFile,
     RunFiles,
@@ -186,7 +185,7 @@ def _run_in(
     if dist.is_main:
         start_run(run_dir, expected, resolved.to_yaml(), request.resume)
     dist.barrier()
-    dist.check_shared(run_dir / IDENTITY_FILE)
+    dist.check_shared(run_dir / REQUEST_FILE)  # written once, when the run starts
     runtime = Runtime(device, plan.dtype, request.seed, offline=not request.download)
     model = build_model(plan.spec, request.model_args, runtime)
     description = model.describe()

@@ -170,16 +170,16 @@ def test_a_run_directory_that_another_node_does_not_see_is_an_error_naming_it(tm
     main_node, other_node = tmp_path / "main", tmp_path / "other"
     for directory in (main_node, other_node):
         directory.mkdir()
-    (main_node / "run.json").write_text('{"model": "random"}\n')
-    Distributed(0, 2, store).check_shared(main_node / "run.json")
-    Distributed(1, 2, store).check_shared(main_node / "run.json")  # the same file: shared
-    with pytest.raises(RunError, match=r"other/run.json: rank 1 \(host .*\) does not see the one rank 0 wrote"):
-        Distributed(1, 2, store).check_shared(other_node / "run.json")
-    (other_node / "run.json").write_text('{"model": "blind-vicuna"}\n')  # a run directory of the same name
+    (main_node / "run.yaml").write_text("model: random\n")
+    Distributed(0, 2, store).check_shared(main_node / "run.yaml")
+    Distributed(1, 2, store).check_shared(main_node / "run.yaml")  # the same file: shared
+    with pytest.raises(RunError, match=r"other/run.yaml: rank 1 \(host .*\) does not see the one rank 0 wrote"):
+        Distributed(1, 2, store).check_shared(other_node / "run.yaml")
+    (other_node / "run.yaml").write_text("model: blind-vicuna\n")  # a run directory of the same name
     with pytest.raises(
-        RunError, match="other/run.json: .* reads another file than the one rank 0 wrote; under torchrun"
+        RunError, match="other/run.yaml: .* reads another file than the one rank 0 wrote; under torchrun"
     ):
-        Distributed(1, 2, store).check_shared(other_node / "run.json")
+        Distributed(1, 2, store).check_shared(other_node / "run.yaml")
 
 
 def test_a_rank_computes_on_its_own_gpu_of_its_node_not_on_its_global_rank(monkeypatch):
