@@ -36,6 +36,11 @@ class RunError(McubError):
     """A run cannot go on (strict mode met an error, a task cannot be run as asked, a run cannot be resumed)."""
 
 
+class PeerLost(RunError):
+    """A torchrun rank lost the others: a rank or a whole node stopped, the network failed, or none answered in
+    time. The message says what the rank was doing, what was saved and how to continue."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt (see `mcub.cli.run_command`)."""
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from mcub import __version__
 from mcub.conditions import ConditionError, condition_label, condition_task, edits_decoded_media
 from mcub.data import TaskData, load_task
-from mcub.errors import DataError, RunError, RunInterrupted, Terminated
+from mcub.errors import DataError, PeerLost, RunError, RunInterrupted, Terminated
 from mcub.models.base import ModelSpec
 from mcub.protocols import Protocol, ProtocolError, protocol_for
 from mcub.request import EvalRequest
@@ -154,7 +154,7 @@ def run(request: EvalRequest, log: Log = _stderr) -> tuple[RunSummary | None, Pa
     if tracker is not None:
         tracker.check_installed()
     plan = plan_run(request, load_registry(), log)
-    dist = Distributed.from_environment(plan.device)
+    dist = Distributed.from_environment()
     with ExitStack() as held:
         held.callback(dist.close)
         device = dist.local_device(plan.device)
@@ -167,11 +167,14 @@ def run(request: EvalRequest, log: Log = _stderr) -> tuple[RunSummary | None, Pa
                 raise RunError(f"{run_dir}: the run directory cannot be written ({error.strerror})") from None
         try:
             summary, run_dir = _run_in(run_dir, request, plan, dist, device, log)
+        except PeerLost as lost:
+            raise PeerLost(f"{lost}; {saved_note(run_dir, plan, request, dist.world_size)}") from None
         except KeyboardInterrupt as stop:
             if not dist.is_main or isinstance(stop, RunInterrupted):
                 raise
             terminated = isinstance(stop, Terminated)
-            raise RunInterrupted(interruption_note(run_dir, plan, request, terminated), terminated) from None
+            note = f"{'terminated (SIGTERM)' if terminated else 'interrupted (SIGINT)'}: "
+            raise RunInterrupted(note + saved_note(run_dir, plan, request, dist.world_size), terminated) from None
     if tracker is not None and summary is not None:
         from mcub.tracking import log_finished_run
 
@@ -193,6 +196,7 @@ def _run_in(
     if dist.is_main:
         start_run(run_dir, expected, resolved.to_yaml(), request.resume)
     dist.barrier()
+    dist.check_shared(run_dir / REQUEST_FILE)  # written once, when the run starts
     runtime = Runtime(device, plan.dtype, request.seed, offline=not request.download)
     model = build_model(plan.spec, request.model_args, runtime)
     description = model.describe()
@@ -264,17 +268,18 @@ def _run_in(
     return summary, run_dir
 
 
-def interruption_note(run_dir: Path, plan: Plan, request: EvalRequest, terminated: bool) -> str:
-    """The line an interrupted run ends with: the records saved so far and the command that continues it."""
-    stopped = "terminated (SIGTERM)" if terminated else "interrupted (SIGINT)"
+def saved_note(run_dir: Path, plan: Plan, request: EvalRequest, world_size: int) -> str:
+    """What a stopped run leaves: the records saved so far and the command that continues it (the same torchrun
+    launch on every node for a run of several ranks)."""
     total = sum(samples_to_run(data, request.limit) for data in plan.datasets)
     if not (run_dir / REQUEST_FILE).is_file():
-        return f"{stopped} before {run_dir} held a run; nothing was saved"
+        return f"nothing was saved ({run_dir} held no run yet)"
     saved = count_saved_records(run_dir / "records")
-    return (
-        f"{stopped}: {saved} of {total} record(s) are saved in {run_dir}; continue with: "
-        f"mcub eval --config {run_dir / REQUEST_FILE} --run-name {run_dir.name} --resume"
+    resume = f"--config {run_dir / REQUEST_FILE} --run-name {run_dir.name} --resume"
+    command = (
+        f"torchrun <the same options, on every node> -m mcub.eval {resume}" if world_size > 1 else f"mcub eval {resume}"
     )
+    return f"{saved} of {total} record(s) are saved in {run_dir}; continue with: {command}"
 
 
 def samples_to_run(data: TaskData, limit: int | None) -> int:
