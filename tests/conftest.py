@@ -38,6 +38,24 @@ def write_json(path: Path, records: Any) -> Path:
     return path
 
 
+def write_avqa(data_root: Path, prompts: list[str], golds: str) -> Path:
+    """A hand-made AVQA task (its video+audio question file): one question per prompt, ids from 100, each on its own
+    synthetic video and audio, gold letters `golds`."""
+    from mcub.media import synthetic
+
+    media = data_root / "avqa-media"
+    media.mkdir(parents=True, exist_ok=True)
+    questions, answers = [], []
+    for index, (prompt, gold) in enumerate(zip(prompts, golds, strict=True)):
+        video = synthetic.write_video(media / f"v{index}.mp4", 10 + index, 32, 24, 10)
+        audio = synthetic.write_audio(media / f"a{index}.wav", 0.5 + 0.1 * index, 16_000, 1, 300.0 * (index + 1))
+        questions.append(question(100 + index, prompt, video=[str(video)], audio=[str(audio)]))
+        answers.append(answer(100 + index, gold))
+    write_json(data_root / "test" / "avqa-test_mm_video+audio.json", questions)
+    write_json(data_root / "test" / "avqa-test_mm_answer.json", answers)
+    return data_root
+
+
 def write_objaverse(data_root: Path, ids: list[str], reference: str = "A small model of object {object_id}.") -> None:
     """PointLLM's Objaverse evaluation layout: the ground-truth file and one 1024-point cloud per object."""
     import numpy as np

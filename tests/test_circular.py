@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import answer, question, write_json
+from conftest import write_avqa
 from recording_model import register_recording_model, run_recording
 from run_factory import record
 from sample_builder import ITEMS, QUESTION
@@ -19,7 +19,6 @@ from mcub.conditions.circular import circular_samples, split_rotation_id
 from mcub.data import load_task
 from mcub.evaluation import score_run
 from mcub.leaderboard import validate_run
-from mcub.media import synthetic
 from mcub.report import report_frame
 from mcub.results import RunFileError, summary_table
 from mcub.schema import DataPaths, Sample
@@ -47,19 +46,8 @@ def rotated(options: list[str], rotation: int) -> list[str]:
 
 def write_inline_avqa(data_root: Path, count: int = 2) -> Path:
     """A hand-made AVQA task (video+audio) whose options are inline after the question: `(A) a dog (B) a car ...`."""
-    media = data_root / "avqa-media"
-    media.mkdir(parents=True, exist_ok=True)
-    questions, answers = [], []
-    for index in range(count):
-        video = synthetic.write_video(media / f"v{index}.mp4", 10 + index, 32, 24, 10)
-        audio = synthetic.write_audio(media / f"a{index}.wav", 0.5, 16_000, 1, 300.0 * (index + 1))
-        inline = " ".join(f"({'ABCD'[k]}) {text}" for k, text in enumerate(AVQA_OPTIONS))
-        questions.append(question(100 + index, f"<video>\n<audio>\nWhat makes the sound? {inline}",
-                                  video=[str(video)], audio=[str(audio)]))  # fmt: skip
-        answers.append(answer(100 + index, "BD"[index]))
-    write_json(data_root / "test" / "avqa-test_mm_video+audio.json", questions)
-    write_json(data_root / "test" / "avqa-test_mm_answer.json", answers)
-    return data_root
+    inline = " ".join(f"({'ABCD'[k]}) {text}" for k, text in enumerate(AVQA_OPTIONS))
+    return write_avqa(data_root, [f"<video>\n<audio>\nWhat makes the sound? {inline}"] * count, "BD"[:count])
 
 
 def sample_task_samples() -> list[Sample]:

@@ -8,13 +8,12 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import answer, question, write_json
+from conftest import write_avqa
 from recording_model import register_recording_model, run_recording
 
 from mcub.conditions import CONDITIONS, ConditionError, parse_condition
 from mcub.conditions.inputs import remove_placeholders
 from mcub.errors import RunError
-from mcub.media import synthetic
 from mcub.request import EvalRequest, RequestError
 from mcub.results import RunFileError
 from mcub.tasks import BUNDLED_DATA_ROOT
@@ -35,20 +34,11 @@ def sample_prompt(index: int, options: list[str]) -> str:
     return f"{options[0]}{QUESTION}\n{lettered}" if options else lettered
 
 
-def write_avqa(data_root: Path, count: int = 3) -> Path:
-    """A hand-made AVQA task (the video+audio file): `count` questions, each on its own video and audio."""
-    media = data_root / "avqa-media"
-    media.mkdir(parents=True, exist_ok=True)
-    questions, answers = [], []
-    for index in range(count):
-        video = synthetic.write_video(media / f"v{index}.mp4", 10 + index, 32, 24, 10)
-        audio = synthetic.write_audio(media / f"a{index}.wav", 0.5 + 0.1 * index, 16_000, 1, 300.0 * (index + 1))
-        prompt = f"<video>\n<audio>\nWhat makes the sound {index}?\nA. a dog\nB. a car\nC. rain\nD. a bell"
-        questions.append(question(100 + index, prompt, video=[str(video)], audio=[str(audio)]))
-        answers.append(answer(100 + index, "ABCD"[index % 4]))
-    write_json(data_root / "test" / "avqa-test_mm_video+audio.json", questions)
-    write_json(data_root / "test" / "avqa-test_mm_answer.json", answers)
-    return data_root
+def write_lettered_avqa(data_root: Path, count: int = 3) -> Path:
+    """A hand-made AVQA task with its options on lines of their own, `count` questions."""
+    prompts = [f"<video>\n<audio>\nWhat makes the sound {index}?\nA. a dog\nB. a car\nC. rain\nD. a bell"
+               for index in range(count)]  # fmt: skip
+    return write_avqa(data_root, prompts, ("ABCD" * count)[:count])
 
 
 # --- the registry and parsing -------------------------------------------------------------------------------
@@ -138,7 +128,7 @@ def test_drop_removes_the_placeholder_and_its_input_from_what_the_model_receives
 
 
 def test_drop_on_a_hand_made_avqa_task(recording, tmp_path, data_root):
-    write_avqa(data_root)
+    write_lettered_avqa(data_root)
     _, received, run = run_recording(tmp_path, "drop-avqa", [AVQA], ["drop:video"], data_root=data_root,
                                      download=False)  # fmt: skip
     assert received["101"].prompt == "<audio>\nWhat makes the sound 1?\nA. a dog\nB. a car\nC. rain\nD. a bell"
@@ -150,7 +140,7 @@ def test_drop_on_a_hand_made_avqa_task(recording, tmp_path, data_root):
 def test_a_task_without_the_modality_is_refused_before_any_weight_is_read(recording, tmp_path, data_root, monkeypatch):
     from mcub.models import base
 
-    write_avqa(data_root)
+    write_lettered_avqa(data_root)
     monkeypatch.setattr(base, "build_model", lambda *args: pytest.fail("the model was built"))
     refusal = f"cannot run {AVQA}: condition drop:image does not apply to task {AVQA}: task {AVQA} has no image input"
     with pytest.raises(RunError, match=re.escape(refusal)):
@@ -163,10 +153,10 @@ def test_a_task_without_the_modality_is_refused_before_any_weight_is_read(record
 
 
 def test_swap_is_refused_for_a_task_of_one_sample_or_one_shared_file(recording, tmp_path, data_root):
-    write_avqa(data_root, count=1)
+    write_lettered_avqa(data_root, count=1)
     with pytest.raises(RunError, match=f"task {re.escape(AVQA)} has 1 sample with a video input; swap needs two"):
         run_recording(tmp_path, "one", [AVQA], ["swap:video"], data_root=data_root, download=False)
-    write_avqa(data_root, count=3)
+    write_lettered_avqa(data_root, count=3)
     path = data_root / "test" / "avqa-test_mm_video+audio.json"
     path.write_text(path.read_text().replace("v1.mp4", "v0.mp4"))
     with pytest.raises(RunError, match="2 of its 3 samples share the video file .*v0.mp4: no derangement"):
@@ -322,7 +312,7 @@ def test_swap_gives_each_sample_another_sample_s_input_by_a_seeded_derangement(r
 
 
 def test_conditions_compose_in_the_order_given(recording, tmp_path, data_root):
-    write_avqa(data_root, count=3)
+    write_lettered_avqa(data_root, count=3)
     _, received, run = run_recording(tmp_path, "both", [AVQA], ["drop:audio", "swap:video"], data_root=data_root,
                                      download=False)  # fmt: skip
     for sample_id, record in run.records[AVQA].items():
