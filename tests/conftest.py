@@ -38,6 +38,10 @@ def write_json(path: Path, records: Any) -> Path:
     return path
 
 
+AVQA_VIDEO_AUDIO = "avqa-video+audio"
+"""The AVQA task whose question file `write_avqa` writes."""
+
+
 def write_avqa(data_root: Path, prompts: list[str], golds: str) -> Path:
     """A hand-made AVQA task (its video+audio question file): one question per prompt, ids from 100, each on its own
     synthetic video and audio, gold letters `golds`."""

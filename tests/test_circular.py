@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import write_avqa
+from conftest import AVQA_VIDEO_AUDIO, write_avqa
 from recording_model import register_recording_model, run_recording
 from run_factory import record
 from sample_builder import ITEMS, QUESTION
@@ -26,7 +26,7 @@ from mcub.scoring import task_metrics
 from mcub.tasks import BUNDLED_DATA_ROOT, load_registry
 
 PLACEHOLDER_LINES = "image: <image>\naudio: <audio>\nvideo: <video>\npoint: <point>\n"
-AVQA = "avqa-video+audio"
+AVQA = AVQA_VIDEO_AUDIO
 AVQA_OPTIONS = ["a dog", "a car", "rain", "a bell"]
 
 

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import write_avqa
+from conftest import AVQA_VIDEO_AUDIO, write_avqa
 from recording_model import register_recording_model, run_recording
 
 from mcub.conditions import CONDITIONS, ConditionError, parse_condition
@@ -19,7 +19,7 @@ from mcub.results import RunFileError
 from mcub.tasks import BUNDLED_DATA_ROOT
 
 SAMPLE_DATA = BUNDLED_DATA_ROOT
-AVQA = "avqa-video+audio"
+AVQA = AVQA_VIDEO_AUDIO
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import AVQA_VIDEO_AUDIO, write_avqa
 from recording_model import RecordingModel, register_recording_model
 from run_factory import write_run
 
@@ -102,14 +103,13 @@ def test_reliance_runs_the_missing_runs_and_reads_the_finished_ones(monkeypatch,
 
 def test_a_condition_that_does_not_apply_to_a_task_is_listed_not_run(monkeypatch, tmp_path, capsys, data_root):
     register_recording_model(monkeypatch, tmp_path)
-    from test_conditions import AVQA, write_avqa
-
-    write_avqa(data_root)
-    flags = ["--model", "recording", "--tasks", f"mcub-sample,{AVQA}", "--conditions", "drop:image",
+    write_avqa(data_root, ["<video>\n<audio>\nWhat makes the sound?\nA. a dog\nB. a car"] * 2, "AB")
+    flags = ["--model", "recording", "--tasks", f"mcub-sample,{AVQA_VIDEO_AUDIO}", "--conditions", "drop:image",
              "--num-workers", "0", "--no-progress", "--run-dir-base", str(tmp_path / "r"), "--data-root",
              str(data_root), "--no-download"]  # fmt: skip
     assert main(flags) == 0
     out = capsys.readouterr().out
     assert "| mcub-sample | drop:image | 5 |" in out
-    assert f"not run: {AVQA} under drop:image: condition drop:image does not apply to task {AVQA}: " in out
-    assert f"| {AVQA} | drop:image" not in out
+    task = AVQA_VIDEO_AUDIO
+    assert f"not run: {task} under drop:image: condition drop:image does not apply to task {task}: " in out
+    assert f"| {task} | drop:image" not in out
