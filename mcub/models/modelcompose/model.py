@@ -180,19 +180,16 @@ class ModelComposeModel(Model):
             spans.append(sample_spans)
         refuse_beyond_context(samples, [sum(map(len, sample_spans)) for sample_spans in spans], self.lm.context_length)
         prefixes: list[SharedPrefix | None] = [None] * len(samples)
-        for group in self._prefix_groups(spans):
+        for group in shared_prefixes(spans) if self.share_prefixes else []:
             ids = [samples[row].id for row in group.rows]
             for row in group.rows:
                 prefixes[row] = SharedPrefix(positions=group.positions, samples=ids)
         return PreparedBatch(samples, prompts, spans, _receipts(media, spans), prefixes)
 
-    def _prefix_groups(self, spans: list[list[Span]]) -> list[PrefixGroup]:
-        return shared_prefixes(spans) if self.share_prefixes else []
-
-    def _pack(self, spans: list[list[Span]]) -> PackedBatch | SharedPrefixBatch:
-        """The LLM's input for a prepared batch: with its shared prefixes (those `prepare` reported) computed once."""
-        groups = self._prefix_groups(spans)
-        return pack_shared(self.lm, spans, groups) if groups else self.lm.pack(spans)
+    def _pack(self, batch: PreparedBatch) -> PackedBatch | SharedPrefixBatch:
+        """The LLM's input for a prepared batch: the shared prefixes `prepare` found (and reported) computed once."""
+        groups = _prefix_groups(batch.prefixes or [])
+        return pack_shared(self.lm, batch.inputs, groups) if groups else self.lm.pack(batch.inputs)
 
     @torch.inference_mode()
     def _modality_blocks(
@@ -256,7 +253,7 @@ class ModelComposeModel(Model):
         return encoder(stacked["pixel_values"].to(dtype))
 
     def generate(self, batch: PreparedBatch, max_new_tokens: int, stop: Stop = "eos") -> list[str]:
-        packed = self._pack(batch.inputs)
+        packed = self._pack(batch)
         finished = (
             (lambda tokens: first_character_complete(self.tokenizer.decode(tokens)))
             if stop == "first-character"
@@ -266,7 +263,7 @@ class ModelComposeModel(Model):
         return [self.tokenizer.decode(row) for row in tokens]
 
     def loglik(self, batch: PreparedBatch, continuations: list[list[str]]) -> list[list[float]]:
-        packed = self._pack(batch.inputs)
+        packed = self._pack(batch)
         token_ids = [[self.tokenizer.encode_text(text) for text in options] for options in continuations]
         return self.lm.continuation_logprobs(packed, token_ids)
 
@@ -331,6 +328,15 @@ def _receipts(media: list[list[MediaInput]], spans: list[list[Span]]) -> list[li
             ]
         )
     return receipts
+
+
+def _prefix_groups(prefixes: list[SharedPrefix | None]) -> list[PrefixGroup]:
+    """The groups a batch's reported prefixes stand for, in the order `shared_prefixes` gave them (by first row)."""
+    rows: dict[tuple[int, tuple[str, ...]], list[int]] = {}
+    for row, prefix in enumerate(prefixes):
+        if prefix is not None:
+            rows.setdefault((prefix.positions, tuple(prefix.samples)), []).append(row)
+    return [PrefixGroup(tuple(members), positions) for (positions, _), members in rows.items()]
 
 
 def _block_source(item: MediaInput) -> str | None:
