@@ -248,8 +248,8 @@ def test_noise_adds_seeded_gaussian_noise_at_the_snr(recording, tmp_path):
     import numpy as np
     import torch
 
-    from mcub.conditions import derived_seed
     from mcub.conditions.inputs import noisy_signal
+    from mcub.hashing import derived_seed
 
     _, received, run = run_recording(tmp_path, "noise", ["mcub-sample"], ["noise:audio=10"], seed=3)
     for index in range(5):
@@ -326,7 +326,7 @@ def test_conditions_compose_in_the_order_given(recording, tmp_path, data_root):
 
 
 def test_shuffle_order_permutes_inputs_with_their_placeholders(recording, tmp_path):
-    from mcub.conditions import derived_seed
+    from mcub.hashing import derived_seed
     from mcub.modalities import PLACEHOLDERS
 
     _, received, run = run_recording(tmp_path, "shuffle", ["mcub-sample"], ["shuffle-order"])

@@ -11,7 +11,6 @@ the original sample id (`item`) and, for conditions that change decoded media, t
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -160,12 +159,6 @@ def record_step(sample: Sample, spec: str, details: dict[str, Any], **changes: A
 def media_edits(sample: Sample) -> list[list[dict[str, Any]]]:
     """The decoded-media edits of each of the sample's media inputs, in order (empty lists: none)."""
     return [list(steps) for steps in condition_meta(sample).get("edits", [[] for _ in sample.media])]
-
-
-def derived_seed(seed: int, *parts: str) -> int:
-    """A 64-bit seed from the run seed and names (condition spec, task, sample id): the same on every machine."""
-    text = "\0".join([str(seed), *parts])
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
 
 
 class _Circular(Condition):

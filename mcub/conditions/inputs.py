@@ -11,7 +11,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mcub.conditions import Condition, ConditionError, derived_seed, media_edits, record_step, register_condition
+from mcub.conditions import Condition, ConditionError, media_edits, record_step, register_condition
+from mcub.hashing import derived_seed
 from mcub.modalities import MODALITIES, PLACEHOLDERS, Modality
 from mcub.prompts import placeholder_parts
 from mcub.schema import Sample

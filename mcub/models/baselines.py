@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
+from mcub.hashing import derived_seed
 from mcub.media import MediaInput
 from mcub.modalities import MODALITIES
 from mcub.models.base import FirstCharacterStop, Model, PreparedBatch, Runtime, Stop, refuse_beyond_context, scored_from
@@ -16,8 +16,7 @@ from mcub.schema import ModelDescription, Sample
 
 def sample_seed(seed: int, sample: Sample) -> int:
     """A per-sample seed that depends on nothing but the run seed and the sample's identity."""
-    digest = hashlib.sha256(f"{seed}\0{sample.task}\0{sample.id}".encode()).digest()
-    return int.from_bytes(digest[:8], "little")
+    return derived_seed(seed, sample.task, sample.id)
 
 
 class RandomModel(Model):

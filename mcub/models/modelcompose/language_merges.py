@@ -9,13 +9,13 @@ on the device of the base weights, in float32."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from mcub.hashing import derived_seed
 from mcub.modalities import Modality
 from mcub.models.base import load_reference
 from mcub.models.modelcompose.checkpoint import REFERENCE_NAME, Checkpoint
@@ -196,8 +196,7 @@ def ties(experts, lambdas, arguments) -> LanguagePart:
 
 def dare_seed(seed: int, position: Position, modality: Modality) -> int:
     """The seed of one expert's drop mask at one projection: independent of the order projections are merged in."""
-    digest = hashlib.sha256(f"{seed}\0{position[0]}\0{position[1]}\0{modality}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    return derived_seed(seed, str(position[0]), position[1], modality) & ((1 << 63) - 1)
 
 
 def dare(experts, lambdas, arguments) -> LanguagePart:
