@@ -121,6 +121,20 @@ def test_the_every_eval_ever_validator_passes_the_files_without_warnings(runs, t
     assert done.returncode == 0
 
 
+def test_a_conditioned_run_exports_the_samples_it_was_run_on(tmp_path):
+    argv = ["--model", "random", "--tasks", "mcub-sample", "--output-dir", str(tmp_path / "runs"), "--run-name", "c",
+            "--condition", "drop:audio", "--condition", "circular", "--no-progress", "--num-workers", "0"]  # fmt: skip
+    assert eval_main(argv) == 0
+    run = RunFiles(tmp_path / "runs" / "random" / "c")
+    aggregate, rows, _ = _export(run.run_dir, tmp_path / "out")
+    records = run.records["mcub-sample"]
+    assert [row["sample_id"] for row in rows] == sorted(records, key=lambda i: records[i].question_index)
+    assert len(rows) == 20 and rows[1]["sample_id"] == "mcub-sample-0@r1" and "<audio>" not in rows[1]["input"]["raw"]
+    for row in rows:
+        assert row["input"]["reference"] == [records[row["sample_id"]].gold]
+    assert all(schema_problems(row, INSTANCE_SCHEMA) == [] for row in rows)
+
+
 def test_a_second_export_of_a_run_writes_the_same_files_again(runs, tmp_path):
     first, first_rows, first_path = _export(runs / "paper", tmp_path / "a")
     second, second_rows, second_path = _export(runs / "paper", tmp_path / "b")

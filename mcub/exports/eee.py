@@ -20,7 +20,7 @@ from mcub.data import load_task
 from mcub.errors import McubError
 from mcub.exports.eee_schema import AGGREGATE_SCHEMA, EEE_VERSION, INSTANCE_SCHEMA, check_document
 from mcub.results import RunFiles, write_atomically
-from mcub.schema import Accuracy, DataPaths, Decoding, MeanScore, Record, RunSummary, Sample, TaskSummary
+from mcub.schema import Accuracy, DataPaths, Decoding, MeanScore, Record, RunSummary, Sample, Settings, TaskSummary
 from mcub.scoring import BOOTSTRAP_RESAMPLES
 from mcub.tasks import TaskSpec, load_registry
 
@@ -87,7 +87,7 @@ def export_eee(run_dir: Path, out: Path, paths: DataPaths, identity: EeeIdentity
         spec = registry.tasks.get(name)
         if spec is None:
             raise ExportError(f"{run_dir}: task {name} of the run is not a task of this mcub (tasks/*.yaml)")
-        samples = run_samples(spec, task, paths, summary.settings.limit)
+        samples = run_samples(spec, task, paths, summary.settings)
         records = run.records[name]
         metrics = task_metrics_of(task)
         decoding = next((record.decoding for record in records.values() if record.decoding is not None), None)
@@ -168,9 +168,13 @@ def datastore_parts(model_id: str) -> tuple[str, str]:
     return parts[0], "_".join(parts[1:])
 
 
-def run_samples(spec: TaskSpec, task: TaskSummary, paths: DataPaths, limit: int | None) -> list[Sample]:
-    """The gold items the run scored a task on, from its task files, which must be the ones the run was made on."""
-    data = load_task(spec, paths)
+def run_samples(spec: TaskSpec, task: TaskSummary, paths: DataPaths, settings: Settings) -> list[Sample]:
+    """The gold items the run scored a task on: from its task files, which must be the ones the run was made on,
+    under the run's conditions (as evaluation and validation apply them), cut at its limit."""
+    from mcub.conditions import condition_task
+
+    data = condition_task(load_task(spec, paths), settings.conditions, settings.seed)
+    limit = settings.limit
     if (data.question_sha256, data.answer_sha256) != (task.question_sha256, task.answer_sha256):
         raise ExportError(
             f"task {task.task}: {data.question_file} and {data.answer_file} are not the files the run was made on "
