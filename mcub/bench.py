@@ -57,6 +57,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "dtype": "bfloat16",
         "threads": None,
         "new_tokens": 128,
+        "merged_routes": True,
     },
     "tiny": {
         "batch_sizes": "1,4",
@@ -70,6 +71,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "dtype": "float32",
         "threads": 1,
         "new_tokens": 16,
+        "merged_routes": True,
     },
 }
 """The command line's defaults at each shape: the tiny shape's check the bench's code paths quickly, in float32
@@ -182,6 +184,26 @@ def music_avqa_prefill(model, samples, prefill, device: str, warmup: int, iterat
     }
 
 
+def merged_routes_prefill(model, batches, prefill, device: str, warmup: int, iterations: int) -> dict[int, Any]:
+    """The composed prefill of each batch with its routes merged into one weight each (`route_weights: merged`),
+    and how far its last logits are from the factored routes' (`prefill(batch, plan)` as in run_bench; LoRA
+    installed, merged here)."""
+    from mcub.models.modelcompose.merged_routes import merge_route_weights
+
+    factored = {size: prefill(batch, batch.plan).float() for size, batch in batches.items()}
+    merge_route_weights(model.llama.model.layers, model.state)
+    timed = {}
+    for size, batch in batches.items():
+        seconds = seconds_per_call(lambda b=batch: prefill(b, b.plan), device, warmup, iterations)
+        merged = prefill(batch, batch.plan).float()
+        timed[size] = {
+            "merged_routes_s": seconds,
+            "merged_max_logit_difference": float((merged - factored[size]).abs().max()),
+            "merged_argmax_agreement": float((merged.argmax(-1) == factored[size].argmax(-1)).float().mean()),
+        }
+    return timed
+
+
 def seconds_per_call(function, device: str, warmup: int, iterations: int) -> float:
     import torch
 
@@ -198,7 +220,7 @@ def seconds_per_call(function, device: str, warmup: int, iterations: int) -> flo
 
 
 def run_bench(shape_name: str, batch_sizes: list[int], device: str, dtype_name: str, warmup: int, iterations: int,
-              music_avqa_batch_size: int = 0):  # fmt: skip
+              music_avqa_batch_size: int = 0, merged_routes: bool = False):  # fmt: skip
     import torch
 
     from mcub.models.modelcompose.llm import ComposedLM
@@ -265,6 +287,10 @@ def run_bench(shape_name: str, batch_sizes: list[int], device: str, dtype_name: 
             "composed_over_dense_samples_per_s": music_avqa_batch_size / timed["composed_s"] / dense_rate,
             "shared_over_dense_samples_per_s": music_avqa_batch_size / timed["composed_shared_prefixes_s"] / dense_rate,
         }
+    if merged_routes:
+        for row, (size, merged) in zip(rows, merged_routes_prefill(model, batches, prefill, device, warmup,
+                                                                   iterations).items(), strict=True):  # fmt: skip
+            row |= merged | {"merged_over_dense": merged["merged_routes_s"] / dense[size]}
     return {
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "throughput_figures": cuda,
@@ -579,6 +605,17 @@ def print_table(result: dict[str, Any], out=None) -> None:
             f"{row['everywhere_over_dense']:.3f} | {row['dense_samples_per_s']:.2f} |",
             file=out,
         )
+    if any("merged_routes_s" in row for row in result["rows"]):
+        print("routes merged into one weight each (`route_weights: merged`), against the dense and factored prefill:",
+              file=out)  # fmt: skip
+        print("| batch | merged routes s | ratio to dense | max logit difference | argmax agreement |", file=out)
+        print("|---:|---:|---:|---:|---:|", file=out)
+        for row in result["rows"]:
+            print(
+                f"| {row['batch_size']} | {row['merged_routes_s']:.4f} | {row['merged_over_dense']:.3f} | "
+                f"{row['merged_max_logit_difference']:.2e} | {row['merged_argmax_agreement']:.3f} |",
+                file=out,
+            )
     if result.get("music_avqa"):
         music = result["music_avqa"]
         print(
@@ -653,6 +690,12 @@ def main(argv: list[str] | None = None) -> int:
         "--music-avqa-batch-size", type=int, help=_by_shape("music_avqa_batch_size", " (0: no MUSIC-AVQA prefill)")
     )
     parser.add_argument("--new-tokens", type=int, help=_by_shape("new_tokens", " at most per end-to-end answer"))
+    parser.add_argument(
+        "--merged-routes",
+        action=argparse.BooleanOptionalAction,
+        help=_by_shape("merged_routes", " (time the routes merged into one weight each, after the factored ones;"
+                       " at 7b, one more copy of the projections per route: about 65 GB more)"),
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, default=Path("bench.json"))
     parser.add_argument("--profile", type=Path, help="write the torch profiler table of two end-to-end batches here")
     args = parser.parse_args(argv)
@@ -679,8 +722,9 @@ def run_all(args: argparse.Namespace, workers: int) -> dict[str, Any]:
         | ({args.end_to_end_batch_size} if args.end_to_end else set())
     )
     result = run_bench(
-        args.shape, sizes, args.device, args.dtype, args.warmup, args.iterations, args.music_avqa_batch_size
-    )
+        args.shape, sizes, args.device, args.dtype, args.warmup, args.iterations, args.music_avqa_batch_size,
+        args.merged_routes,
+    )  # fmt: skip
     encoder_sizes = [int(size) for size in args.encoder_batch_sizes.split(",") if size]
     if encoder_sizes:
         result["encoders"] = encoder_throughput(

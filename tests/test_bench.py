@@ -21,6 +21,8 @@ def test_bench_runs_the_tiny_shape_and_writes_its_ratios(tmp_path, capsys):
     for row in result["rows"]:
         assert row["positions_per_sample"] == 342
         assert row["composed_over_dense"] == row["composed_damc_s"] / row["dense_s"]
+        assert row["merged_over_dense"] == row["merged_routes_s"] / row["dense_s"]
+        assert row["merged_max_logit_difference"] < 1e-4 and row["merged_argmax_agreement"] == 1.0
     assert [row["encoder"].split()[0] for row in result["encoders"]] == ["image", "video", "audio", "point"]
     assert all(row["items_per_s"] == 2 / row["seconds"] for row in result["encoders"])
     e2e = result["end_to_end"]
@@ -53,3 +55,4 @@ def test_bench_runs_the_tiny_shape_and_writes_its_ratios(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| 1 |" in out and "| warm feature cache |" in out and f"note: {CPU_NOTE}" in out
     assert "| composed DAMC, shared prefixes |" in out
+    assert "routes merged into one weight each" in out

@@ -156,14 +156,14 @@ def tiny(tmp_path_factory):
     return layout | {"naivemc": {modality: str(naivemc / modality) for modality in ("image", "audio")}}
 
 
-def tiny_model(tiny, composition, share_prefixes=True):
+def tiny_model(tiny, composition, **more):
+    """The tiny image and audio experts composed by `composition`, with `more` ModelComposeArguments."""
     experts = {"image": tiny["experts"]["image"], "audio": tiny["experts"]["audio"]}
     if composition == "naivemc":
         experts = {modality: tiny["naivemc"][modality] for modality in experts}
     arguments = ModelComposeArguments(
-        base=tiny["base"], encoders=tiny["encoders"], experts=experts, composition=composition,
-        share_prefixes=share_prefixes,
-    )  # fmt: skip
+        base=tiny["base"], encoders=tiny["encoders"], experts=experts, composition=composition, **more
+    )
     return ModelComposeModel(Runtime(), arguments)
 
 

@@ -4,12 +4,15 @@ LLM (`modelcompose`), and the generated tiny model (`modelcompose-tiny`). Import
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import model_validator
 
 from mcub.modalities import MODALITIES, Modality
 from mcub.models.arguments import AdapterArguments, in_modality_order
+
+RouteWeights = Literal["factors", "merged"]
+"""How a composed model applies its routes (see `merged_routes.py`)."""
 
 
 class ModelComposeArguments(AdapterArguments):
@@ -22,7 +25,10 @@ class ModelComposeArguments(AdapterArguments):
     config.json); `point_encoder` holds Point-BERT config fields when its weights are not the released size;
     `feature_cache` is a directory where encoder features are kept between runs; `allow_nonfinite_weights` loads
     checkpoints holding NaN or infinities (for debugging: refused otherwise); `share_prefixes: false` prefills every
-    sample whole, never a prefix shared by samples of a batch once (the same results up to the dtype's rounding)."""
+    sample whole, never a prefix shared by samples of a batch once (the same results up to the dtype's rounding);
+    `route_weights: merged` keeps one merged weight per route instead of LoRA factors beside the base weight (a
+    routed forward then costs a dense one, at the memory of one more copy of the LLM's projections per route with
+    adapters; the same results up to rounding each merged weight once)."""
 
     builder: ClassVar[str] = "mcub.models.modelcompose.model:ModelComposeModel"
     cuda_dtype: ClassVar[str] = "float16"  # as the authors ran every ModelCompose model
@@ -41,6 +47,7 @@ class ModelComposeArguments(AdapterArguments):
     feature_cache: str | None = None
     allow_nonfinite_weights: bool = False
     share_prefixes: bool = True
+    route_weights: RouteWeights = "factors"
 
     @model_validator(mode="before")
     @classmethod
@@ -110,6 +117,7 @@ class TinyDamcArguments(AdapterArguments):
     lambdas: dict[Modality, float] | None = None
     feature_cache: str | None = None
     share_prefixes: bool = True
+    route_weights: RouteWeights = "factors"
 
     @model_validator(mode="before")
     @classmethod

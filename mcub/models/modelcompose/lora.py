@@ -49,7 +49,7 @@ class RoutePlan:
 
     total_rows: int
     ranges: dict[str, list[tuple[int, int]]]
-    _indices: dict[tuple[str, torch.device], Tensor] = field(default_factory=dict)
+    _indices: dict[tuple[str | None, torch.device], Tensor] = field(default_factory=dict)
 
     @classmethod
     def everywhere(cls, route: str, total_rows: int) -> RoutePlan:
@@ -57,11 +57,27 @@ class RoutePlan:
 
     def rows(self, route: str, device: torch.device) -> Tensor:
         """The route's row indices (built once per plan and device)."""
-        key = (route, device)
-        if key not in self._indices:
-            spans = [torch.arange(start, end) for start, end in self.ranges[route]]
-            self._indices[key] = torch.cat(spans).to(device, non_blocking=True)
-        return self._indices[key]
+        return self._rows(route, self.ranges[route], device)
+
+    def uncovered(self) -> list[tuple[int, int]]:
+        """The [start, end) row ranges in no route (padding), in order."""
+        covered = sorted(span for spans in self.ranges.values() for span in spans)
+        gaps, position = [], 0
+        for start, end in covered:
+            if start > position:
+                gaps.append((position, start))
+            position = max(position, end)
+        return gaps + ([(position, self.total_rows)] if position < self.total_rows else [])
+
+    def uncovered_rows(self, device: torch.device) -> Tensor:
+        """The row indices of `uncovered()` (built once per plan and device)."""
+        return self._rows(None, self.uncovered(), device)
+
+    def _rows(self, key: str | None, ranges: list[tuple[int, int]], device: torch.device) -> Tensor:
+        if (key, device) not in self._indices:
+            spans = [torch.arange(start, end) for start, end in ranges]
+            self._indices[key, device] = torch.cat(spans).to(device, non_blocking=True)
+        return self._indices[key, device]
 
 
 class RoutingState:
@@ -86,8 +102,8 @@ INPUT_GROUPS = (
 SLICED_RANGE_ROWS = 128
 
 
-def _sliced(plan: RoutePlan, route: str) -> bool:
-    ranges = plan.ranges[route]
+def sliced(ranges: list[tuple[int, int]]) -> bool:
+    """Whether rows in these ranges are computed range by range (else gathered into one matmul)."""
     return len(ranges) == 1 or sum(end - start for start, end in ranges) >= SLICED_RANGE_ROWS * len(ranges)
 
 
@@ -112,7 +128,7 @@ class SharedLoraInput(nn.Module):
                 if not plan.ranges.get(route):
                     continue
                 a = getattr(self, f"a{index}")
-                if _sliced(plan, route):
+                if sliced(plan.ranges[route]):
                     self._down[route] = [rows[start:end] @ a.T for start, end in plan.ranges[route]]
                 else:
                     self._down[route] = rows.index_select(0, plan.rows(route, rows.device)) @ a.T
@@ -162,6 +178,15 @@ class RoutedLoraLinear(nn.Module):
                 index_rows = plan.rows(route, rows.device)
                 out.index_copy_(0, index_rows, out.index_select(0, index_rows).addmm_(down[route][:, first:last], b.T))
         return y
+
+    def route_factors(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """This projection's (A, B) of each route with adapters, the adapters' weights folded into B."""
+        a_of = {route: getattr(self.group, f"a{index}") for index, route in enumerate(self.group.route_names)}
+        factors = {}
+        for index, route in enumerate(self.route_names):
+            first, last = self.columns[route]
+            factors[route] = (a_of[route][first:last], getattr(self, f"b{index}"))
+        return factors
 
 
 def stack_route(adapters: Mapping[str, LoraWeights], route: Route, dtype: torch.dtype) -> tuple[Tensor, Tensor]:

@@ -85,7 +85,8 @@ class ModelComposeModel(Model):
             m: load_encoder(m, path, self.composition.modalities[m].select_layer, point_encoder)
             for m, path in self.encoder_paths.items()
         }
-        self._assemble(runtime, self.composition, llama, load_chunk_tokenizer(self.base_path), encoder_modules)
+        tokenizer = load_chunk_tokenizer(self.base_path)
+        self._assemble(runtime, self.composition, llama, tokenizer, encoder_modules, arguments.route_weights)
         self.share_prefixes = arguments.share_prefixes
         self.feature_cache = (
             FeatureCache(
@@ -103,7 +104,14 @@ class ModelComposeModel(Model):
 
     @classmethod
     def from_parts(
-        cls, runtime: Runtime, composition: Composition, llama, tokenizer, encoders, share_prefixes: bool = True
+        cls,
+        runtime: Runtime,
+        composition: Composition,
+        llama,
+        tokenizer,
+        encoders,
+        share_prefixes: bool = True,
+        route_weights: str = "factors",
     ) -> ModelComposeModel:
         """A model from parts already in memory (benchmarks with random weights), without a feature cache until one
         is set as `feature_cache`."""
@@ -112,13 +120,17 @@ class ModelComposeModel(Model):
         model.encoder_paths = {}
         model.feature_cache = None
         model.share_prefixes = share_prefixes
-        model._assemble(runtime, composition, llama, tokenizer, encoders)
+        model._assemble(runtime, composition, llama, tokenizer, encoders, route_weights)
         return model
 
-    def _assemble(self, runtime: Runtime, composition: Composition, llama, tokenizer, encoders) -> None:
-        """Install the routed LoRA into `llama`, load the projectors and local tokens, place everything."""
+    def _assemble(
+        self, runtime: Runtime, composition: Composition, llama, tokenizer, encoders, route_weights: str
+    ) -> None:
+        """Install the routed LoRA into `llama` (merged into one weight per route when `route_weights` is
+        "merged"), load the projectors and local tokens, place everything."""
         from mcub.models.modelcompose.language_delta import apply_language_delta, language_route_sha256
         from mcub.models.modelcompose.lora import RoutingState, install_routed_lora
+        from mcub.models.modelcompose.merged_routes import merge_route_weights
         from mcub.models.modelcompose.projectors import build_projector
 
         self.runtime = runtime
@@ -134,6 +146,9 @@ class ModelComposeModel(Model):
         composition.adapters.clear()
         apply_language_delta(llama.model.layers, composition, state, digest)
         self.language_delta_sha256 = digest.hexdigest()
+        self.route_weights = route_weights
+        if route_weights == "merged":
+            merge_route_weights(llama.model.layers, state)
         self.lm = ComposedLM(llama, state)
         self.tokenizer = tokenizer
         hidden = llama.config.hidden_size
@@ -294,6 +309,7 @@ class ModelComposeModel(Model):
                 "media_preprocessing": self.media_preprocessing,
                 "feature_cache": str(self.feature_cache.directory) if self.feature_cache else None,
                 "share_prefixes": self.share_prefixes,
+                "route_weights": self.route_weights,
                 "notes": self.composition.notes,
             },
         )

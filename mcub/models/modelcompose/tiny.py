@@ -240,7 +240,7 @@ def build_tiny_damc(runtime: Runtime, arguments: TinyDamcArguments) -> ModelComp
 
     layout = tiny_damc_layout(Path(arguments.cache_dir).expanduser() if arguments.cache_dir else DEFAULT_CACHE)
     given = arguments.model_dump(
-        include={"composition", "composition_args", "lambdas", "feature_cache", "share_prefixes"}
+        include={"composition", "composition_args", "lambdas", "feature_cache", "share_prefixes", "route_weights"}
     )
     composed = ModelComposeArguments(**given, **layout)
     return ModelComposeModel(runtime, composed)
