@@ -424,11 +424,13 @@ def random_composition(llama, shape: dict[str, int], device: str, dtype):
 
 
 def end_to_end(shape_name: str, root: Path, samples: int, batch_size: int, workers: int, device: str,
-               dtype_name: str, new_tokens: int, profile: Path | None = None) -> dict[str, Any]:  # fmt: skip
+               dtype_name: str, new_tokens: int, profile: Path | None = None,
+               route_weights: str = "factors") -> dict[str, Any]:  # fmt: skip
     """Samples/s of the real runner (decoding workers, encoders, composed prefill, first-character decoding), cold
     (every file decoded and encoded) and with a warm feature cache (no decoding, no encoder: what a rerun with
-    other composition coefficients does), each answer at most `new_tokens` long. With `profile`, two more cold
-    batches run under the torch profiler and its table goes to that file."""
+    other composition coefficients does), each answer at most `new_tokens` long, the model's routes applied as
+    `route_weights` says. With `profile`, two more cold batches run under the torch profiler and its table goes to
+    that file."""
     import torch
 
     from mcub.data import DataPaths, load_task
@@ -449,12 +451,15 @@ def end_to_end(shape_name: str, root: Path, samples: int, batch_size: int, worke
     llama = build_model(shape, device, dtype)
     composition = random_composition(llama, shape, device, dtype)
     encoders = {name.split()[0]: module for name, (module, _) in build_encoders(shape_name, device, dtype).items()}
-    model = ModelComposeModel.from_parts(Runtime(device, dtype_name), composition, llama, tokenizer, encoders)
+    model = ModelComposeModel.from_parts(
+        Runtime(device, dtype_name), composition, llama, tokenizer, encoders, route_weights=route_weights
+    )
     [task] = load_registry().resolve(["mcub-4"])
     data = load_task(task, DataPaths(data_root=data_root, download=False))
     warm = RunSettings(batch_size, workers, limit=batch_size, pin_memory=device.startswith("cuda"))
     run_paper(model, data, warm, new_tokens, root / "warmup")
-    result = {"samples": samples, "batch_size": batch_size, "workers": workers, "new_tokens": new_tokens}
+    result = {"samples": samples, "batch_size": batch_size, "workers": workers, "new_tokens": new_tokens,
+              "route_weights": route_weights}  # fmt: skip
     every = replace(warm, limit=None)
     result |= _timed_run(model, data, every, new_tokens, root / "cold")
     model.feature_cache = FeatureCache(root / "features", {m: f"bench-random-{m}" for m in model.modalities})
@@ -573,7 +578,8 @@ def _timed_run(model, data, settings, new_tokens: int, records_dir: Path) -> dic
 
 def end_to_end_ratios(result: dict[str, Any], e2e: dict[str, Any]) -> dict[str, Any]:
     """The end-to-end throughputs over the dense prefill's at the same batch size, and what the device work alone
-    would allow: the composed prefill plus, when they were timed at that batch size, the four encoders."""
+    would allow: the composed prefill (with the run's route weights) plus, when they were timed at that batch size,
+    the four encoders."""
     size = e2e["batch_size"]
     row = next(row for row in result["rows"] if row["batch_size"] == size)
     dense = row["dense_samples_per_s"]
@@ -586,7 +592,8 @@ def end_to_end_ratios(result: dict[str, Any], e2e: dict[str, Any]) -> dict[str, 
     }
     encoders = [r["seconds"] / size for r in result.get("encoders", []) if r["batch_size"] == size]
     if len(encoders) == len(EXPERTS):
-        device_s = row["composed_damc_s"] / size + sum(encoders)
+        composed = row["merged_routes_s" if e2e["route_weights"] == "merged" else "composed_damc_s"]
+        device_s = composed / size + sum(encoders)
         ratios["device_bound_over_dense_prefill"] = 1 / device_s / dense
     return ratios
 
@@ -639,6 +646,7 @@ def print_table(result: dict[str, Any], out=None) -> None:
         cached = e2e["warm_feature_cache"]
         print(
             f"end to end: {e2e['samples']} MCUB-4 samples, batch {e2e['batch_size']}, {e2e['workers']} workers, "
+            f"route weights {e2e['route_weights']}, "
             "as a ratio to the dense prefill throughput:",
             file=out,
         )
@@ -685,6 +693,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder-batch-sizes", help=_by_shape("encoder_batch_sizes", " (empty: none)"))
     parser.add_argument("--end-to-end", type=int, help=_by_shape("end_to_end", " samples (0: none)"))
     parser.add_argument("--end-to-end-batch-size", type=int, help=_by_shape("end_to_end_batch_size"))
+    parser.add_argument(
+        "--end-to-end-route-weights", choices=["factors", "merged"], default="factors",
+        help="how the end-to-end model applies its routes (merged: compare it with the merged-routes prefill)",
+    )  # fmt: skip
     parser.add_argument("--workers", type=int, help=_by_shape("workers", " (at most the CPU cores)"))
     parser.add_argument(
         "--music-avqa-batch-size", type=int, help=_by_shape("music_avqa_batch_size", " (0: no MUSIC-AVQA prefill)")
@@ -702,6 +714,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in DEFAULTS[args.shape].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.end_to_end and args.end_to_end_route_weights == "merged" and not args.merged_routes:
+        parser.error(
+            "--end-to-end-route-weights merged is compared with the merged-routes prefill: drop --no-merged-routes"
+        )
     import torch
 
     threads = torch.get_num_threads()
@@ -737,7 +753,8 @@ def run_all(args: argparse.Namespace, workers: int) -> dict[str, Any]:
         gc.collect()
         with tempfile.TemporaryDirectory(prefix="mcub-bench-") as root:
             e2e = end_to_end(args.shape, Path(root), args.end_to_end, args.end_to_end_batch_size, workers,
-                             args.device, args.dtype, args.new_tokens, args.profile)  # fmt: skip
+                             args.device, args.dtype, args.new_tokens, args.profile,
+                             args.end_to_end_route_weights)  # fmt: skip
         result["end_to_end"] = e2e | end_to_end_ratios(result, e2e)
     return result
 

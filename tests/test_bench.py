@@ -10,6 +10,7 @@ def test_bench_runs_the_tiny_shape_and_writes_its_ratios(tmp_path, capsys):
     arguments = ["--shape", "tiny", "--device", "cpu", "--dtype", "float32", "--batch-sizes", "1,2"]
     arguments += ["--warmup", "0", "--iterations", "1", "--encoder-batch-sizes", "2", "--json", str(out)]
     arguments += ["--end-to-end", "4", "--end-to-end-batch-size", "2", "--workers", "0"]
+    arguments += ["--end-to-end-route-weights", "merged"]
     arguments += ["--profile", str(tmp_path / "profile.txt")]
     assert main(arguments) == 0
     result = json.loads(out.read_text())
@@ -33,7 +34,8 @@ def test_bench_runs_the_tiny_shape_and_writes_its_ratios(tmp_path, capsys):
     assert e2e["media_from_feature_cache"] == 0 and cached["media_from_feature_cache"] == 1
     assert cached["samples_per_s"] == 4 / cached["seconds"] and 0 < cached["seconds_before_first_batch"]
     assert e2e["cached_after_first_batch_over_dense_prefill"] == cached["samples_per_s_after_first_batch"] / dense
-    composed = result["rows"][1]["composed_damc_s"] / 2
+    assert e2e["route_weights"] == "merged"
+    composed = result["rows"][1]["merged_routes_s"] / 2
     encoders = sum(row["seconds"] / 2 for row in result["encoders"])
     assert e2e["device_bound_over_dense_prefill"] == 1 / (composed + encoders) / dense
     assert "aten::" in (tmp_path / "profile.txt").read_text()
@@ -56,3 +58,9 @@ def test_bench_runs_the_tiny_shape_and_writes_its_ratios(tmp_path, capsys):
     assert "| 1 |" in out and "| warm feature cache |" in out and f"note: {CPU_NOTE}" in out
     assert "| composed DAMC, shared prefixes |" in out
     assert "routes merged into one weight each" in out
+
+
+def test_the_merged_end_to_end_needs_the_merged_prefill(capsys):
+    with pytest.raises(SystemExit):
+        main(["--shape", "tiny", "--end-to-end-route-weights", "merged", "--no-merged-routes"])
+    assert "drop --no-merged-routes" in capsys.readouterr().err
