@@ -184,14 +184,15 @@ def music_avqa_prefill(model, samples, prefill, device: str, warmup: int, iterat
     }
 
 
-def merged_routes_prefill(model, batches, prefill, device: str, warmup: int, iterations: int) -> dict[int, Any]:
+def merged_routes_prefill(model, routes, batches, prefill, device: str, warmup: int, iterations: int
+                          ) -> dict[int, Any]:  # fmt: skip
     """The composed prefill of each batch with its routes merged into one weight each (`route_weights: merged`),
     and how far its last logits are from the factored routes' (`prefill(batch, plan)` as in run_bench; LoRA
     installed, merged here)."""
     from mcub.models.modelcompose.merged_routes import merge_route_weights
 
     factored = {size: prefill(batch, batch.plan).float() for size, batch in batches.items()}
-    merge_route_weights(model.llama.model.layers, model.state)
+    merge_route_weights(model.llama.model.layers, model.state, routes)
     timed = {}
     for size, batch in batches.items():
         seconds = seconds_per_call(lambda b=batch: prefill(b, b.plan), device, warmup, iterations)
@@ -288,7 +289,7 @@ def run_bench(shape_name: str, batch_sizes: list[int], device: str, dtype_name: 
             "shared_over_dense_samples_per_s": music_avqa_batch_size / timed["composed_shared_prefixes_s"] / dense_rate,
         }
     if merged_routes:
-        for row, (size, merged) in zip(rows, merged_routes_prefill(model, batches, prefill, device, warmup,
+        for row, (size, merged) in zip(rows, merged_routes_prefill(model, routes, batches, prefill, device, warmup,
                                                                    iterations).items(), strict=True):  # fmt: skip
             row |= merged | {"merged_over_dense": merged["merged_routes_s"] / dense[size]}
     return {

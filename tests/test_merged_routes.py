@@ -13,6 +13,7 @@ from mcub.models.modelcompose.lora import (
     LANGUAGE,
     SLICED_RANGE_ROWS,
     TARGET_MODULES,
+    Route,
     RoutedLoraLinear,
     RoutePlan,
     RoutingState,
@@ -30,7 +31,7 @@ def factored_and_merged(routes):
         state = RoutingState()
         install_routed_lora(llama.model.layers, random_adapters(llama), routes, state)
         if merged:
-            merge_route_weights(llama.model.layers, state)
+            merge_route_weights(llama.model.layers, state, routes)
         models.append(ComposedLM(llama, state))
     return models
 
@@ -42,21 +43,26 @@ def test_uncovered_rows_are_the_gaps_between_and_after_the_routes():
     assert RoutePlan.everywhere(LANGUAGE, 5).uncovered() == []
 
 
-def test_every_projection_holds_one_weight_per_route_with_adapters():
-    factored, merged = factored_and_merged(ROUTES)
+def test_every_projection_holds_one_weight_per_route_and_shares_the_base_weight_of_a_route_without_adapters():
+    routes = ROUTES | {"point": Route(())}
+    factored, merged = factored_and_merged(routes)
     for layer in merged.llama.model.layers:
         for path in TARGET_MODULES:
             projection = layer.get_submodule(path)
             assert isinstance(projection, MergedRouteLinear)
-            assert projection.route_names == list(ROUTES)
+            assert projection.route_names == list(routes)
     projection = factored.llama.model.layers[1].mlp.down_proj
     a, b = projection.route_factors()["image"]
-    expected = projection.base.weight + b @ a
-    assert torch.allclose(merged.llama.model.layers[1].mlp.down_proj.weight_of("image"), expected, atol=1e-6)
-    assert (
-        merged.llama.model.layers[1].mlp.down_proj.weight_of(None)
-        is merged.llama.model.layers[1].mlp.down_proj.base.weight
-    )
+    down = merged.llama.model.layers[1].mlp.down_proj
+    assert torch.allclose(down.weight_of("image"), projection.base.weight + b @ a, atol=1e-6)
+    assert torch.equal(down.weight_of("point"), projection.base.weight)
+    assert down.weight_of(None) is down.weight_of(LANGUAGE)
+    with pytest.raises(KeyError, match="route 'video' is not one of this model's routes"):
+        down.weight_of("video")
+    generator = torch.Generator().manual_seed(2)
+    spans = [*_spans(seed=3), Span("point", embeddings=torch.randn(4, HIDDEN, generator=generator))]
+    batch = factored.pack([spans])
+    assert torch.allclose(merged.prefill_logits(batch), factored.prefill_logits(batch), atol=1e-4)
 
 
 @pytest.mark.parametrize("routes", [ROUTES, NAIVEMC_ROUTES], ids=["damc", "naivemc"])
@@ -108,7 +114,7 @@ def test_shared_prefixes_prefill_the_same_on_merged_routes():
 def test_a_projection_that_is_not_routed_is_refused():
     llama = tiny_llama()
     with pytest.raises(TypeError, match="self_attn.q_proj is a Linear, not a routed projection"):
-        merge_route_weights(llama.model.layers, RoutingState())
+        merge_route_weights(llama.model.layers, RoutingState(), ROUTES)
 
 
 @pytest.mark.parametrize("composition", ["ties", "naivemc"])

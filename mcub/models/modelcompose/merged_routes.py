@@ -1,13 +1,13 @@
 """Routes as merged weights: each projection keeps one dense weight per route, W + B A of the route's stacked
 adapters (and the dense language delta on the language route), so a routed forward is the dense forward cut into
-its routes' rows, with no LoRA matmuls at all; rows in no route (padding) and routes without adapters take the base
-weight. Exact up to rounding the merged weight once (computed in float32, stored in the LLM's dtype), at the memory
-of one more copy of the seven projections per route with adapters (`route_weights: merged`); the factored routes of
-`lora.py` stay the default."""
+its routes' rows, with no LoRA matmuls at all; routes without adapters take the base weight. Exact up to rounding
+the merged weight once (computed in float32, stored in the LLM's dtype), at the memory of one copy of the seven
+projections per route with adapters, less the base weights where every route has adapters
+(`route_weights: merged`); the factored routes of `lora.py` stay the default."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -17,22 +17,27 @@ from mcub.models.modelcompose.lora import LANGUAGE, TARGET_MODULES, RoutedLoraLi
 
 
 class MergedRouteLinear(nn.Module):
-    """A projection whose rows of each route are multiplied by that route's merged weight: range by range (views,
-    no copies) where the route's ranges are long, gathered into one matmul where they are short (see `sliced`)."""
+    """A projection whose rows of each route are multiplied by that route's weight: range by range (views, no
+    copies) where the route's ranges are long, gathered into one matmul where they are short (see `sliced`). Rows in
+    no route (padding, which no other row reads) take the default route's weight."""
 
-    def __init__(self, base: nn.Linear, weights: Mapping[str, Tensor], state: RoutingState):
+    def __init__(self, weights: Mapping[str, Tensor], bias: Tensor | None, state: RoutingState):
         super().__init__()
-        self.base = base
+        if state.default_route not in weights:
+            raise ValueError(f"no weight for the default route {state.default_route!r}")
         self.state = state
         self.route_names = list(weights)
+        self.out_features = next(iter(weights.values())).shape[0]
         for index, weight in enumerate(weights.values()):
             self.register_buffer(f"w{index}", weight, persistent=False)
+        self.register_buffer("bias", bias, persistent=False)
 
     def weight_of(self, route: str | None) -> Tensor:
-        """The route's merged weight; the base weight for rows in no route or on a route without adapters."""
-        if route in self.route_names:
-            return getattr(self, f"w{self.route_names.index(route)}")
-        return self.base.weight
+        """The route's weight (None: rows in no route)."""
+        name = self.state.default_route if route is None else route
+        if name not in self.route_names:
+            raise KeyError(f"route {name!r} is not one of this model's routes ({', '.join(self.route_names)})")
+        return getattr(self, f"w{self.route_names.index(name)}")
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.reshape(-1, x.shape[-1])
@@ -40,8 +45,8 @@ class MergedRouteLinear(nn.Module):
         if len(plan.ranges) == 1:
             [(route, ranges)] = plan.ranges.items()
             if ranges == [(0, rows.shape[0])]:
-                return nn.functional.linear(x, self.weight_of(route), self.base.bias)
-        out = rows.new_empty(rows.shape[0], self.base.out_features)
+                return nn.functional.linear(x, self.weight_of(route), self.bias)
+        out = rows.new_empty(rows.shape[0], self.out_features)
         for route, ranges in [*plan.ranges.items(), (None, plan.uncovered())]:
             if not ranges:
                 continue
@@ -52,17 +57,20 @@ class MergedRouteLinear(nn.Module):
             else:
                 index = plan.rows(route, rows.device) if route is not None else plan.uncovered_rows(rows.device)
                 out.index_copy_(0, index, self._matmul(rows.index_select(0, index), weight))
-        return out.view(*x.shape[:-1], self.base.out_features)
+        return out.view(*x.shape[:-1], self.out_features)
 
     def _matmul(self, rows: Tensor, weight: Tensor, out: Tensor | None = None) -> Tensor:
-        if self.base.bias is None:
+        if self.bias is None:
             return torch.mm(rows, weight.T, out=out)
-        return torch.addmm(self.base.bias, rows, weight.T, out=out)
+        return torch.addmm(self.bias, rows, weight.T, out=out)
 
 
-def merge_route_weights(layers: Sequence[nn.Module], state: RoutingState) -> None:
+def merge_route_weights(layers: Sequence[nn.Module], state: RoutingState, routes: Iterable[str]) -> None:
     """Replace every routed projection of every decoder layer (as `install_routed_lora` and `apply_language_delta`
-    left it) by a MergedRouteLinear of the same routes, one projection at a time."""
+    left it) by a MergedRouteLinear holding a weight for each of `routes` (the routes a plan may name): merged where
+    the route has adapters or the language delta, the base weight itself (no copy) where it has neither. One
+    projection is merged at a time."""
+    routes = list(routes)
     for layer in layers:
         for path in TARGET_MODULES:
             projection = layer.get_submodule(path)
@@ -71,9 +79,11 @@ def merge_route_weights(layers: Sequence[nn.Module], state: RoutingState) -> Non
                 projection, delta = projection.inner, projection.delta
             if not isinstance(projection, RoutedLoraLinear):
                 raise TypeError(f"{path} is a {type(projection).__name__}, not a routed projection")
-            weights = merged_weights(projection.base.weight, projection.route_factors(), delta)
+            base = projection.base
+            merged = merged_weights(base.weight, projection.route_factors(), delta)
+            weights = {route: merged.get(route, base.weight) for route in routes}
             parent_name, _, child_name = path.rpartition(".")
-            setattr(layer.get_submodule(parent_name), child_name, MergedRouteLinear(projection.base, weights, state))
+            setattr(layer.get_submodule(parent_name), child_name, MergedRouteLinear(weights, base.bias, state))
 
 
 def merged_weights(

@@ -148,7 +148,7 @@ class ModelComposeModel(Model):
         self.language_delta_sha256 = digest.hexdigest()
         self.route_weights = route_weights
         if route_weights == "merged":
-            merge_route_weights(llama.model.layers, state)
+            merge_route_weights(llama.model.layers, state, composition.routes)
         self.lm = ComposedLM(llama, state)
         self.tokenizer = tokenizer
         hidden = llama.config.hidden_size
