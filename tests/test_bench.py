@@ -38,6 +38,8 @@ def test_bench_runs_the_tiny_shape_and_writes_its_ratios(tmp_path, capsys):
     composed = result["rows"][1]["merged_routes_s"] / 2
     encoders = sum(row["seconds"] / 2 for row in result["encoders"])
     assert e2e["device_bound_over_dense_prefill"] == 1 / (composed + encoders) / dense
+    assert e2e["over_device_bound"] == pytest.approx(e2e["samples_per_s"] * (composed + encoders))
+    assert e2e["cached_over_device_bound"] == pytest.approx(cached["samples_per_s"] * composed)
     assert "aten::" in (tmp_path / "profile.txt").read_text()
     stages = e2e["profile"]
     assert {f"mcub encoder {m}" for m in ("image", "video", "audio", "point")} < set(stages)
