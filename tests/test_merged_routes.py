@@ -13,6 +13,7 @@ from mcub.models.modelcompose.lora import (
     LANGUAGE,
     SLICED_RANGE_ROWS,
     TARGET_MODULES,
+    LoraWeights,
     Route,
     RoutedLoraLinear,
     RoutePlan,
@@ -136,3 +137,31 @@ def test_the_model_answers_alike_with_merged_routes(tiny, composition):  # noqa:
     for mine, theirs in zip(merged.loglik(prepared[1], options), factored.loglik(prepared[0], options), strict=True):
         assert mine == pytest.approx(theirs, abs=1e-4, rel=0)
     assert merged.generate(prepared[1], max_new_tokens=6) == factored.generate(prepared[0], max_new_tokens=6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the 16-bit CUDA kernels need a GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_merged_routes_agree_with_the_factored_ones_in_16_bits_on_cuda(dtype):
+    models = []
+    for merged in (False, True):
+        llama = tiny_llama().to("cuda", dtype)
+        adapters = {
+            key: {name: LoraWeights(w.a.to("cuda", dtype), w.b.to("cuda", dtype)) for name, w in own.items()}
+            for key, own in random_adapters(tiny_llama()).items()
+        }
+        state = RoutingState()
+        install_routed_lora(llama.model.layers, adapters, ROUTES, state)
+        if merged:
+            merge_route_weights(llama.model.layers, state, ROUTES)
+        models.append(ComposedLM(llama, state))
+    factored, merged = models
+    prompts = [_spans(seed=3), _spans(seed=4)[2:]]
+    prompts = [
+        [Span(s.route, s.token_ids, None if s.embeddings is None else s.embeddings.cuda()) for s in p] for p in prompts
+    ]
+    batch = factored.pack(prompts)
+    mine, theirs = merged.prefill_logits(batch), factored.prefill_logits(batch)
+    scale = theirs.abs().max()
+    assert torch.isfinite(mine).all()
+    assert (mine[0] - theirs[0]).abs().max() <= 2e-2 * scale
+    assert (mine[0].argmax(-1) == theirs[0].argmax(-1)).float().mean() >= 0.9
