@@ -137,6 +137,7 @@ def test_kernel_compiles_for_sm90_without_fused_multiply_adds(dtype):
     ptx = compiled.asm["ptx"]
     assert compiled.metadata.num_warps == 16
     assert "fma." not in ptx and re.search(r"\badd\.rn\.f32\b", ptx)
+    assert not re.search(r"\b(add|sub|mul)\.f32\b", ptx)  # without .rn, ptxas itself may fuse them
 
 
 def test_kernel_refuses_what_it_does_not_take():

@@ -13,6 +13,8 @@ Imports triton: `pointbert.farthest_point_sample` imports this module only for C
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import triton
 import triton.language as tl
@@ -27,8 +29,8 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def supports(xyz: Tensor) -> bool:
-    """Whether the kernel takes xyz (B, N, 3): a CUDA tensor of a dtype in DTYPES with at most MAX_POINTS points."""
-    return xyz.is_cuda and xyz.dtype in DTYPES and xyz.shape[1] <= MAX_POINTS
+    """Whether the kernel takes xyz: a CUDA tensor (B, N, 3) of a dtype in DTYPES with at most MAX_POINTS points."""
+    return xyz.is_cuda and xyz.ndim == 3 and xyz.shape[2] == 3 and xyz.dtype in DTYPES and xyz.shape[1] <= MAX_POINTS
 
 
 @triton.jit
@@ -93,7 +95,8 @@ def kernel_farthest_point_sample(xyz: Tensor, count: int, start: int) -> Tensor:
         raise ValueError(f"FPS start index {start} is outside the cloud's {num_points} points")
     picks = torch.empty(batch, count, dtype=torch.long, device=xyz.device)
     block = triton.next_power_of_2(num_points)
-    _farthest_point_rows[(batch,)](xyz, picks, start, num_points, count, *xyz.stride(), **launch_options(block))
+    with torch.cuda.device(xyz.device) if xyz.is_cuda else nullcontext():  # triton launches on the current device
+        _farthest_point_rows[(batch,)](xyz, picks, start, num_points, count, *xyz.stride(), **launch_options(block))
     return picks
 
 
