@@ -171,4 +171,5 @@ def test_kernel_picks_what_the_loop_picks_on_cuda(dtype):
         assert fps_kernel.supports(xyz)
         expected = loop_farthest_point_sample(xyz, case["count"], case["start"])
         assert torch.equal(fps_kernel.kernel_farthest_point_sample(xyz, case["count"], case["start"]), expected), name
+    assert loop_farthest_point_sample(order_cloud(dtype).cuda(), 3, 0).tolist() == [[0, 1, 2]]  # CUDA's sum order
     assert farthest_point_sample(order_cloud(dtype).cuda(), 3).tolist() == [[0, 1, 2]]
