@@ -79,6 +79,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 waiting on each other on a busy machine made it many times slower)."""
 CPU_NOTE = "on CPU these times only show that the bench runs: they are not throughput figures"
 EXPERTS = ("image", "video", "audio", "point")
+POINTS = {"7b": 8192, "tiny": 1024}
+"""Points per cloud at each shape (8,192: PointLLM's clouds)."""
 REFERENCE_NAMES = {"image": "vision", "video": "video", "audio": "audio", "point": "point"}
 
 
@@ -324,7 +326,7 @@ def build_encoders(shape_name: str, device: str, dtype) -> dict[str, tuple[Any, 
         else tiny.VIT_ENCODER
     )
     frames = 8
-    points = 8192 if full else 1024
+    points = POINTS[shape_name]
     with torch.device(device):
         clip = ClipImageTower(
             CLIPVisionModel(CLIPVisionConfig(**vit, image_size=336, patch_size=14 if full else tiny.CLIP_PATCH))
@@ -364,6 +366,35 @@ def encoder_throughput(shape_name: str, batch_sizes: list[int], device: str, dty
         del encoder
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
+    return rows
+
+
+def fps_timing(shape_name: str, batch_sizes: list[int], device: str, dtype_name: str, warmup: int,
+               iterations: int) -> list[dict[str, Any]]:  # fmt: skip
+    """Seconds per call of Point-BERT's farthest-point sampling alone at each batch size: the reference loop, and on
+    CUDA the Triton kernel too, with whether their picks agree."""
+    import torch
+
+    from mcub.models.modelcompose import tiny
+    from mcub.models.modelcompose.encoders.pointbert import PointBERTConfig, loop_farthest_point_sample
+
+    count = PointBERTConfig().num_group if shape_name == "7b" else tiny.POINT_ENCODER["num_group"]
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for size in batch_sizes:
+        xyz = torch.randn(size, POINTS[shape_name], 3, generator=generator).to(device, getattr(torch, dtype_name))
+        paths = {"loop (reference)": loop_farthest_point_sample}
+        if device.startswith("cuda"):
+            from mcub.models.modelcompose.encoders import fps_kernel
+
+            if fps_kernel.supports(xyz):
+                paths["triton kernel"] = fps_kernel.kernel_farthest_point_sample
+        reference = loop_farthest_point_sample(xyz, count, 0)
+        for name, sample in paths.items():
+            seconds = seconds_per_call(lambda s=sample, x=xyz: s(x, count, 0), device, warmup, iterations)
+            same = torch.equal(sample(xyz, count, 0), reference)
+            rows.append({"path": name, "batch_size": size, "points": xyz.shape[1], "count": count,
+                         "seconds": seconds, "same_picks_as_loop": same})  # fmt: skip
     return rows
 
 
@@ -680,6 +711,15 @@ def print_table(result: dict[str, Any], out=None) -> None:
                 f"| {row['encoder']} | {row['batch_size']} | {row['seconds']:.4f} | {row['items_per_s']:.1f} |",
                 file=out,
             )
+    if result.get("fps"):
+        print("| Point-BERT FPS alone | batch | points | picks | s | same picks as the loop |", file=out)
+        print("|---|---:|---:|---:|---:|---|", file=out)
+        for row in result["fps"]:
+            print(
+                f"| {row['path']} | {row['batch_size']} | {row['points']} | {row['count']} | {row['seconds']:.4f} | "
+                f"{row['same_picks_as_loop']} |",
+                file=out,
+            )
 
 
 def _by_shape(name: str, more: str = "") -> str:
@@ -751,6 +791,7 @@ def run_all(args: argparse.Namespace, workers: int) -> dict[str, Any]:
         result["encoders"] = encoder_throughput(
             args.shape, encoder_sizes, args.device, args.dtype, args.warmup, args.iterations
         )
+        result["fps"] = fps_timing(args.shape, encoder_sizes, args.device, args.dtype, args.warmup, args.iterations)
     if args.end_to_end:
         import gc
         import tempfile

@@ -1,8 +1,9 @@
+import io
 import json
 
 import pytest
 
-from mcub.bench import CPU_NOTE, LAYOUTS, MCUB4_LAYOUT, main
+from mcub.bench import CPU_NOTE, LAYOUTS, MCUB4_LAYOUT, fps_timing, main, print_table
 
 
 def test_bench_runs_the_tiny_shape_and_writes_its_ratios(tmp_path, capsys):
@@ -66,3 +67,13 @@ def test_the_merged_end_to_end_needs_the_merged_prefill(capsys):
     with pytest.raises(SystemExit):
         main(["--shape", "tiny", "--end-to-end-route-weights", "merged", "--no-merged-routes"])
     assert "drop --no-merged-routes" in capsys.readouterr().err
+
+
+def test_fps_timing_on_cpu_times_the_reference_loop_alone_and_prints_it():
+    rows = fps_timing("tiny", [1, 3], "cpu", "float32", warmup=0, iterations=1)
+    assert [(row["path"], row["batch_size"]) for row in rows] == [("loop (reference)", 1), ("loop (reference)", 3)]
+    assert all(row["points"] == 1024 and row["count"] == 32 and row["same_picks_as_loop"] for row in rows)
+    assert all(row["seconds"] > 0 for row in rows)
+    out = io.StringIO()
+    print_table({"device": "cpu", "shape": "tiny", "dtype": "float32", "rows": [], "fps": rows}, out)
+    assert "| loop (reference) | 3 | 1024 | 32 |" in out.getvalue()

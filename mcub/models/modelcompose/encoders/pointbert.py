@@ -7,6 +7,7 @@ or an index drawn from `seed`) instead of a random one, so the same cloud always
 
 from __future__ import annotations
 
+import importlib.util
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,17 +42,38 @@ class PointBERTConfig:
             raise ValueError(f"point_dims {self.point_dims} < 3: every point needs xyz")
 
 
+def fps_start_index(num_points: int, seed: int | None) -> int:
+    """The index every row's farthest-point sampling starts from: 0, or one drawn from a CPU generator seeded with
+    `seed` (the same for every row, so a row's picks do not depend on the rest of the batch)."""
+    if seed is None:
+        return 0
+    return int(torch.randint(num_points, (), generator=torch.Generator().manual_seed(seed)))
+
+
 def farthest_point_sample(xyz: Tensor, count: int, seed: int | None = None) -> Tensor:
     """Indices (B, count) of `count` farthest-point picks from xyz (B, N, 3), in selection order.
 
-    The reference starts every row at a random index; here every row starts at index 0, or, given `seed`,
-    at one index drawn from a CPU generator seeded with it (the same for every row, so a row's picks do not
-    depend on the rest of the batch). Ties go to the lowest index. As in the reference, squared distances are
-    computed in the input dtype and the running minimum is kept in at least float32. Each step is six small
-    kernels (the loop is bound by issuing them), with no host synchronisation.
+    The reference starts every row at a random index; here every row starts at `fps_start_index(N, seed)`. Ties
+    go to the lowest index. As in the reference, squared distances are computed in the input dtype and the
+    running minimum is kept in at least float32. CUDA clouds the Triton kernel takes (`fps_kernel.supports`:
+    float32, float16 or bfloat16, at most `fps_kernel.MAX_POINTS` points) run in one launch with the same picks
+    as `loop_farthest_point_sample` on that device; the rest (CPU, float64, larger clouds, no triton) run the loop.
     """
+    if count < 1:
+        raise ValueError(f"farthest-point sampling needs a count of at least 1, got {count}")
+    start = fps_start_index(xyz.shape[1], seed)
+    if xyz.is_cuda and importlib.util.find_spec("triton") is not None:
+        from mcub.models.modelcompose.encoders import fps_kernel
+
+        if fps_kernel.supports(xyz):
+            return fps_kernel.kernel_farthest_point_sample(xyz, count, start)
+    return loop_farthest_point_sample(xyz, count, start)
+
+
+def loop_farthest_point_sample(xyz: Tensor, count: int, start: int) -> Tensor:
+    """The reference's loop, every row starting at `start`: per step six small kernels (bound by issuing them on a
+    GPU), with no host synchronisation; the squares are summed by ATen's reduction, in its order on the device."""
     batch, num_points, _ = xyz.shape
-    start = 0 if seed is None else int(torch.randint(num_points, (), generator=torch.Generator().manual_seed(seed)))
     current = torch.full((batch, 1, 1), start, dtype=torch.long, device=xyz.device)
     running_dtype = torch.promote_types(xyz.dtype, torch.float32)
     running = torch.full((batch, num_points), 1e10, dtype=running_dtype, device=xyz.device)
