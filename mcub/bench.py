@@ -3,10 +3,11 @@ time): the dense forward of an MCUB-4-shaped DAMC sample (3,380 positions, the r
 (routed-LoRA) forward of the same shape, each encoder, and the end-to-end evaluation of an MCUB-4-format task
 whose realistic media the bench writes (336 px images, 10 s 320x240 mp4 at 30 fps, 10 s wav, 8,192-point npy),
 decoded by the real pipeline; and a MUSIC-AVQA-shaped prefill (four questions per video on the same video and audio)
-with and without shared-prefix reuse, against the dense prefill of the same samples. Prints tables and writes a
-JSON file with the device name, every time, samples/s and the ratios to the roofline. `--shape tiny` scales all of
-it down (a 342-position sample, 1 s media, fewer iterations) to check in seconds on a CPU that the bench runs; its
-figures are not throughput figures."""
+with and without shared-prefix reuse, against the dense prefill of the same samples; and (`--fp8`, on by default)
+the dense prefill in bfloat16 against FP8 projections (`--dtype fp8`), with their logits' agreement. Prints tables
+and writes a JSON file with the device name, every time, samples/s and the ratios to the roofline. `--shape tiny`
+scales all of it down (a 342-position sample, 1 s media, fewer iterations) to check in seconds on a CPU that the
+bench runs; its figures are not throughput figures."""
 
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "threads": None,
         "new_tokens": 128,
         "merged_routes": True,
+        "fp8": True,
     },
     "tiny": {
         "batch_sizes": "1,4",
@@ -72,6 +74,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "threads": 1,
         "new_tokens": 16,
         "merged_routes": True,
+        "fp8": True,
     },
 }
 """The command line's defaults at each shape: the tiny shape's check the bench's code paths quickly, in float32
@@ -222,24 +225,32 @@ def seconds_per_call(function, device: str, warmup: int, iterations: int) -> flo
     return (time.perf_counter() - start) / iterations
 
 
-def run_bench(shape_name: str, batch_sizes: list[int], device: str, dtype_name: str, warmup: int, iterations: int,
-              music_avqa_batch_size: int = 0, merged_routes: bool = False):  # fmt: skip
-    import torch
-
-    from mcub.models.modelcompose.llm import ComposedLM
-    from mcub.models.modelcompose.lora import LANGUAGE, RoutePlan, RoutingState, install_routed_lora
-
+def synthetic_batches(model, shape_name: str, batch_sizes: list[int], device: str, dtype) -> dict[int, Any]:
+    """The packed batch of each size: samples 0 to size - 1 of the shape's synthetic layout (each batch holds the
+    smaller batches' samples)."""
     shape, layout = SHAPES[shape_name], LAYOUTS[shape_name]
-    dtype = getattr(torch, dtype_name)
-    llama = build_model(shape, device, dtype)
-    state = RoutingState()
-    model = ComposedLM(llama, state)
-    batches = {
+    return {
         size: model.pack(
             [synthetic_spans(layout, shape["hidden"], shape["vocab"], device, dtype, i) for i in range(size)]
         )
         for size in batch_sizes
     }
+
+
+def run_bench(shape_name: str, batch_sizes: list[int], device: str, dtype_name: str, warmup: int, iterations: int,
+              music_avqa_batch_size: int = 0, merged_routes: bool = False):  # fmt: skip
+    import torch
+
+    from mcub.models.base import compute_dtype
+    from mcub.models.modelcompose.llm import ComposedLM
+    from mcub.models.modelcompose.lora import LANGUAGE, RoutePlan, RoutingState, install_routed_lora
+
+    shape, layout = SHAPES[shape_name], LAYOUTS[shape_name]
+    dtype = compute_dtype(dtype_name)
+    llama = build_model(shape, device, dtype)
+    state = RoutingState()
+    model = ComposedLM(llama, state)
+    batches = synthetic_batches(model, shape_name, batch_sizes, device, dtype)
 
     def prefill(batch, plan):
         return model.last_logits(batch, plan)
@@ -308,6 +319,76 @@ def run_bench(shape_name: str, batch_sizes: list[int], device: str, dtype_name: 
     }
 
 
+def fp8_prefill_bench(shape_name: str, batch_sizes: list[int], device: str, warmup: int,
+                      iterations: int) -> dict[str, Any]:  # fmt: skip
+    """The dense prefill in bfloat16 and with FP8 projections (modelcompose/fp8.py: `--dtype fp8`), timed at each
+    batch size in one run on one model, and FP8's agreement to bfloat16 over every position of the largest batch
+    (whose samples include the smaller batches')."""
+    import torch
+
+    from mcub.models.modelcompose.fp8 import gemm_name, install_fp8_prefill
+    from mcub.models.modelcompose.llm import ComposedLM
+    from mcub.models.modelcompose.lora import RoutingState
+
+    llama = build_model(SHAPES[shape_name], device, torch.bfloat16)
+    bf16 = ComposedLM(llama, RoutingState())
+    batches = synthetic_batches(bf16, shape_name, batch_sizes, device, torch.bfloat16)
+    largest = batches[max(batch_sizes)]
+
+    def timed(model) -> dict[int, float]:
+        return {
+            size: seconds_per_call(lambda b=batch: model.last_logits(b, None), device, warmup, iterations)
+            for size, batch in batches.items()
+        }
+
+    bf16_s, reference = timed(bf16), bf16.prompt_hidden(largest)
+    fp8 = ComposedLM(llama, bf16.state, install_fp8_prefill(llama.model.layers))
+    fp8_s, quantised = timed(fp8), fp8.prompt_hidden(largest)
+    return {
+        "gemm": gemm_name(llama.model.layers),
+        "scales": "weights: one per output channel, at load; activations: one per token",
+        **logit_agreement(llama.lm_head, reference, quantised, largest.attention_mask),
+        "rows": [
+            {
+                "batch_size": size,
+                "bf16_dense_s": bf16_s[size],
+                "fp8_dense_s": fp8_s[size],
+                "fp8_samples_per_s": size / fp8_s[size],
+                "bf16_over_fp8": bf16_s[size] / fp8_s[size],
+            }
+            for size in batch_sizes
+        ],
+    }
+
+
+def logit_agreement(lm_head, reference, hidden, attention_mask, chunk_positions: int = 2048) -> dict[str, Any]:
+    """How the logits of `hidden` agree with those of `reference` (final hidden states, batch x time x width) at
+    the unpadded positions: mean and least cosine, largest |difference| and the share of equal argmaxes; the logits
+    are made `chunk_positions` positions at a time (all of them at once would take batch x time x vocabulary)."""
+    import torch
+
+    keep = attention_mask.reshape(-1).bool()
+    reference, hidden = (h.reshape(-1, h.shape[-1])[keep] for h in (reference, hidden))
+    cosine_sum, cosine_min, difference, agreeing = 0.0, 1.0, 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, reference.shape[0], chunk_positions):
+            expected = lm_head(reference[start : start + chunk_positions]).float()
+            found = lm_head(hidden[start : start + chunk_positions]).float()
+            cosine = torch.nn.functional.cosine_similarity(found, expected, dim=-1)
+            cosine_sum += float(cosine.sum())
+            cosine_min = min(cosine_min, float(cosine.min()))
+            difference = max(difference, float((found - expected).abs().max()))
+            agreeing += int((found.argmax(-1) == expected.argmax(-1)).sum())
+    positions = reference.shape[0]
+    return {
+        "positions": positions,
+        "logit_cosine_mean": cosine_sum / positions,
+        "logit_cosine_min": cosine_min,
+        "max_logit_difference": difference,
+        "argmax_agreement": agreeing / positions,
+    }
+
+
 def build_encoders(shape_name: str, device: str, dtype) -> dict[str, tuple[Any, Any]]:
     """Each encoder at full size ("7b") or tiny, randomly initialised, with a function making a batch of inputs."""
     import torch
@@ -354,7 +435,9 @@ def encoder_throughput(shape_name: str, batch_sizes: list[int], device: str, dty
     """Items per second of each encoder at each batch size."""
     import torch
 
-    dtype = getattr(torch, dtype_name)
+    from mcub.models.base import compute_dtype
+
+    dtype = compute_dtype(dtype_name)
     rows = []
     for name, (encoder, make) in build_encoders(shape_name, device, dtype).items():
         encoder = encoder.to(dtype).eval()
@@ -463,10 +546,9 @@ def end_to_end(shape_name: str, root: Path, samples: int, batch_size: int, worke
     other composition coefficients does), each answer at most `new_tokens` long, the model's routes applied as
     `route_weights` says. With `profile`, two more cold batches run under the torch profiler and its table goes to
     that file."""
-    import torch
 
     from mcub.data import DataPaths, load_task
-    from mcub.models.base import Runtime
+    from mcub.models.base import Runtime, compute_dtype
     from mcub.models.feature_cache import FeatureCache
     from mcub.models.modelcompose.model import ModelComposeModel
     from mcub.models.modelcompose.tiny import CORPUS, train_llama_like_tokenizer
@@ -479,7 +561,7 @@ def end_to_end(shape_name: str, root: Path, samples: int, batch_size: int, worke
     shape = dict(SHAPES[shape_name])
     tokenizer = ChunkTokenizer(train_llama_like_tokenizer(root / "tokenizer", CORPUS, 32000 - 400 if full else 0))
     shape["vocab"] = max(shape["vocab"], 32000 if full else 400)
-    dtype = getattr(torch, dtype_name)
+    dtype = compute_dtype(dtype_name)
     llama = build_model(shape, device, dtype)
     composition = random_composition(llama, shape, device, dtype)
     encoders = {name.split()[0]: module for name, (module, _) in build_encoders(shape_name, device, dtype).items()}
@@ -676,6 +758,8 @@ def print_table(result: dict[str, Any], out=None) -> None:
              music["shared_over_dense_samples_per_s"]),
         ):  # fmt: skip
             print(f"| {name} | {seconds:.4f} | {ratio:.3f} |", file=out)
+    if result.get("fp8_prefill"):
+        print_fp8_prefill(result["fp8_prefill"], out)
     if result.get("end_to_end"):
         e2e = result["end_to_end"]
         cached = e2e["warm_feature_cache"]
@@ -722,6 +806,23 @@ def print_table(result: dict[str, Any], out=None) -> None:
             )
 
 
+def print_fp8_prefill(fp8: dict[str, Any], out) -> None:
+    print(
+        f"FP8 prefill ({fp8['gemm']}; {fp8['scales']}) against bfloat16, dense: over {fp8['positions']} positions, "
+        f"logit cosine {fp8['logit_cosine_mean']:.5f} (least {fp8['logit_cosine_min']:.5f}), max logit difference "
+        f"{fp8['max_logit_difference']:.3g}, argmax agreement {fp8['argmax_agreement']:.4f}",
+        file=out,
+    )
+    print("| batch | bf16 dense s | FP8 dense s | bf16 s / FP8 s | FP8 samples/s |", file=out)
+    print("|---:|---:|---:|---:|---:|", file=out)
+    for row in fp8["rows"]:
+        print(
+            f"| {row['batch_size']} | {row['bf16_dense_s']:.4f} | {row['fp8_dense_s']:.4f} | "
+            f"{row['bf16_over_fp8']:.3f} | {row['fp8_samples_per_s']:.2f} |",
+            file=out,
+        )
+
+
 def _by_shape(name: str, more: str = "") -> str:
     return "default " + "; ".join(f"{shape}: {defaults[name]}" for shape, defaults in DEFAULTS.items()) + more
 
@@ -753,6 +854,11 @@ def main(argv: list[str] | None = None) -> int:
         help=_by_shape("merged_routes", " (time the routes merged into one weight each, after the factored ones;"
                        " at 7b, one more copy of the projections per route: about 65 GB more)"),
     )  # fmt: skip
+    parser.add_argument(
+        "--fp8",
+        action=argparse.BooleanOptionalAction,
+        help=_by_shape("fp8", ": the dense prefill in bfloat16 against FP8 projections (`--dtype fp8`)"),
+    )
     parser.add_argument("--json", type=Path, default=Path("bench.json"))
     parser.add_argument("--profile", type=Path, help="write the torch profiler table of two end-to-end batches here")
     args = parser.parse_args(argv)
@@ -786,6 +892,8 @@ def run_all(args: argparse.Namespace, workers: int) -> dict[str, Any]:
         args.shape, sizes, args.device, args.dtype, args.warmup, args.iterations, args.music_avqa_batch_size,
         args.merged_routes,
     )  # fmt: skip
+    if args.fp8:
+        result["fp8_prefill"] = fp8_prefill_bench(args.shape, sizes, args.device, args.warmup, args.iterations)
     encoder_sizes = [int(size) for size in args.encoder_batch_sizes.split(",") if size]
     if encoder_sizes:
         result["encoders"] = encoder_throughput(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from mcub.cli import (
     DONE,
@@ -36,6 +36,7 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of a request that say what to run and how, but not where its run directory is (`mcub sweep` gives
     them to every point)."""
     from mcub.protocols import PROTOCOLS
+    from mcub.request import Dtype
 
     parser.add_argument("--config", type=Path, help="a YAML request (the fields of a run's run.yaml); flags win")
     parser.add_argument("--model", help="a model id from models/*.yaml (see --list-models)")
@@ -49,7 +50,12 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", help="samples per batch (default 1), or `auto`: the largest that fits")
     parser.add_argument("--num-workers", type=int, help="DataLoader workers decoding media (default 2)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
-    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--dtype",
+        choices=get_args(Dtype),
+        help="auto (default: the model's 16-bit dtype on CUDA, float32 elsewhere), a torch dtype, or fp8: the "
+        "prefill's linear layers in FP8, the rest in bfloat16 (ModelCompose models; emulated without Hopper)",
+    )
     parser.add_argument("--max-new-tokens", type=int)
     parser.add_argument("--limit", type=int, help="only the first N samples of each task")
     parser.add_argument("--seed", type=int)

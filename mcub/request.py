@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from mcub.tracking import Tracker
 
 DEFAULT_OUTPUT_DIR = Path("results")
-Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Dtype = Literal["auto", "float32", "bfloat16", "float16", "fp8"]
+"""`auto`, or one of mcub.models.base.DTYPES (`fp8`: the prefill's linear layers in FP8, ModelCompose models only)."""
 
 
 class RequestError(McubError):

@@ -2,8 +2,9 @@ import io
 import json
 
 import pytest
+import torch
 
-from mcub.bench import CPU_NOTE, LAYOUTS, MCUB4_LAYOUT, fps_timing, main, print_table
+from mcub.bench import CPU_NOTE, LAYOUTS, MCUB4_LAYOUT, fps_timing, logit_agreement, main, print_table
 
 
 def test_bench_runs_the_tiny_shape_and_writes_its_ratios(tmp_path, capsys):
@@ -57,9 +58,17 @@ def test_bench_runs_the_tiny_shape_and_writes_its_ratios(tmp_path, capsys):
     assert music["shared_over_dense_samples_per_s"] == pytest.approx(shared_rate / music["dense_samples_per_s"])
     composed_rate = 4 / music["composed_s"]
     assert music["composed_over_dense_samples_per_s"] == pytest.approx(composed_rate / music["dense_samples_per_s"])
+    fp8 = result["fp8_prefill"]
+    assert fp8["gemm"] == "emulated" and fp8["positions"] == 2 * 342  # the largest batch's positions
+    assert [row["batch_size"] for row in fp8["rows"]] == [1, 2]
+    assert all(row["bf16_over_fp8"] == row["bf16_dense_s"] / row["fp8_dense_s"] for row in fp8["rows"])
+    assert all(row["fp8_samples_per_s"] == row["batch_size"] / row["fp8_dense_s"] for row in fp8["rows"])
+    assert 0.99 < fp8["logit_cosine_min"] <= fp8["logit_cosine_mean"] < 1 and 0 < fp8["max_logit_difference"] < 0.1
+    assert 0.9 < fp8["argmax_agreement"] <= 1
     out = capsys.readouterr().out
     assert "| 1 |" in out and "| warm feature cache |" in out and f"note: {CPU_NOTE}" in out
     assert "| composed DAMC, shared prefixes |" in out
+    assert "FP8 prefill (emulated; " in out and "| batch | bf16 dense s | FP8 dense s |" in out
     assert "routes merged into one weight each" in out
 
 
@@ -77,3 +86,24 @@ def test_fps_timing_on_cpu_times_the_reference_loop_alone_and_prints_it():
     out = io.StringIO()
     print_table({"device": "cpu", "shape": "tiny", "dtype": "float32", "rows": [], "fps": rows}, out)
     assert "| loop (reference) | 3 | 1024 | 32 |" in out.getvalue()
+
+
+def test_the_logit_agreement_is_taken_in_chunks_over_the_unpadded_positions():
+    generator = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(8, 50, bias=False)
+    reference = torch.randn(2, 5, 8, generator=generator)
+    hidden = reference + 0.05 * torch.randn(2, 5, 8, generator=generator)
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    hidden[0, :2] = 1e6  # padding: never compared
+    whole = logit_agreement(head, reference, hidden, mask)
+    assert logit_agreement(head, reference, hidden, mask, chunk_positions=3) == pytest.approx(whole)
+    with torch.no_grad():
+        expected, found = head(reference[mask.bool()]), head(hidden[mask.bool()])
+    assert whole["positions"] == 8
+    assert whole["max_logit_difference"] == pytest.approx(float((found - expected).abs().max()))
+    cosine = torch.nn.functional.cosine_similarity(found, expected, dim=-1)
+    assert whole["logit_cosine_mean"] == pytest.approx(float(cosine.mean()))
+    assert whole["logit_cosine_min"] == pytest.approx(float(cosine.min()))
+    assert whole["argmax_agreement"] == float((found.argmax(-1) == expected.argmax(-1)).float().mean())
+    same = logit_agreement(head, reference, reference, mask)
+    assert same["max_logit_difference"] == 0 and same["argmax_agreement"] == 1

@@ -7,6 +7,8 @@ import torch
 from test_prefix_reuse import NAIVEMC_ROUTES, batch_rows, questions_on_shared_media, tiny, tiny_model  # noqa: F401
 from test_routed_lora import HIDDEN, ROUTES, _spans, random_adapters, tiny_llama
 
+from mcub.models.base import Runtime
+from mcub.models.modelcompose.arguments import ModelComposeArguments
 from mcub.models.modelcompose.language_delta import LanguageDeltaLinear
 from mcub.models.modelcompose.llm import ComposedLM, Span
 from mcub.models.modelcompose.lora import (
@@ -21,6 +23,7 @@ from mcub.models.modelcompose.lora import (
     install_routed_lora,
 )
 from mcub.models.modelcompose.merged_routes import MergedRouteLinear, merge_route_weights
+from mcub.models.modelcompose.model import ModelComposeModel
 from mcub.models.modelcompose.prefix import pack_shared, shared_prefixes
 
 
@@ -165,3 +168,16 @@ def test_merged_routes_agree_with_the_factored_ones_in_16_bits_on_cuda(dtype):
     assert torch.isfinite(mine).all()
     assert (mine[0] - theirs[0]).abs().max() <= 2e-2 * scale
     assert (mine[0].argmax(-1) == theirs[0].argmax(-1)).float().mean() >= 0.9
+
+
+def test_merged_routes_refuse_an_fp8_prefill(tiny):  # noqa: F811
+    from mcub.models.base import ModelError
+
+    with pytest.raises(ModelError, match="fp8 with the factored routes"):
+        ModelComposeModel(
+            Runtime(dtype="fp8"),
+            ModelComposeArguments(
+                base=tiny["base"], encoders=tiny["encoders"], experts={"image": tiny["experts"]["image"]},
+                route_weights="merged",
+            ),
+        )  # fmt: skip

@@ -21,6 +21,8 @@ class AdapterArguments(BaseModel):
     """`module:callable` that builds the Model from `(runtime, arguments)`; imported only to build it."""
     cuda_dtype: ClassVar[str] = "bfloat16"
     """The dtype `--dtype auto` stands for on CUDA (float32 elsewhere)."""
+    fp8_prefill: ClassVar[bool] = False
+    """Whether the model takes `--dtype fp8` (its prefill's linear layers in FP8, the rest in bfloat16)."""
     computes_on_device: ClassVar[bool] = True
     """Whether the model computes with torch on the run's device; False (a seeded chance model, a served model):
     `--device auto` is the CPU, found without importing torch."""

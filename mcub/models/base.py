@@ -31,6 +31,11 @@ ADAPTERS = {
 }
 # --model-arg names that are not Python identifiers, and the argument each stands for.
 ARGUMENT_ALIASES = {"lambda": "lambdas"}
+FP8 = "fp8"
+"""The dtype of a run whose prefill computes the linear layers in FP8 (ModelCompose models only; see
+modelcompose/fp8.py); everything else of it computes in FP8_COMPUTE_DTYPE."""
+FP8_COMPUTE_DTYPE = "bfloat16"
+DTYPES = ("float32", "bfloat16", "float16", FP8)
 
 
 class ModelError(McubError):
@@ -326,15 +331,40 @@ def check_model_args(spec: ModelSpec, overrides: dict[str, Any]) -> dict[str, An
 def build_model(spec: ModelSpec, overrides: dict[str, Any], runtime: Runtime) -> Model:
     """Instantiate the spec's adapter with its arguments, `overrides` taking precedence."""
     arguments = checked_arguments(spec, overrides)
+    check_dtype(spec, runtime.dtype)
     return load_reference(arguments.builder)(runtime, arguments)
 
 
 def resolve_dtype(spec: ModelSpec, device: str, requested: str) -> str:
     """`auto`: the adapter's dtype on CUDA (float16 for ModelCompose, as the authors ran it; bfloat16 otherwise),
-    float32 elsewhere. An explicit dtype is kept."""
+    float32 elsewhere. An explicit dtype is kept, once the model is known to take it."""
     if requested != "auto":
+        check_dtype(spec, requested)
         return requested
     return adapter_arguments(spec.adapter, f"model {spec.name}").cuda_dtype if device.startswith("cuda") else "float32"
+
+
+def check_dtype(spec: ModelSpec, dtype: str) -> None:
+    """A ModelError unless `dtype` is one of DTYPES that the spec's adapter takes (fp8: only those that say so)."""
+    if dtype not in DTYPES:
+        raise ModelError(f"model {spec.name}: unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+    if dtype == FP8 and not adapter_arguments(spec.adapter, f"model {spec.name}").fp8_prefill:
+        raise ModelError(
+            f"model {spec.name}: dtype {FP8} (an FP8 prefill) is only for the ModelCompose adapters, "
+            f"not {spec.adapter}; give float32, bfloat16 or float16"
+        )
+
+
+def compute_dtype_name(dtype: str) -> str:
+    """The dtype a run of `dtype` (one of DTYPES) computes in, FP8 projections aside: FP8_COMPUTE_DTYPE for fp8."""
+    return FP8_COMPUTE_DTYPE if dtype == FP8 else dtype
+
+
+def compute_dtype(dtype: str):
+    """The torch dtype of `compute_dtype_name(dtype)`."""
+    import torch
+
+    return getattr(torch, compute_dtype_name(dtype))
 
 
 def load_reference(reference: str) -> Any:

@@ -7,7 +7,16 @@ from pathlib import Path
 from mcub.hashing import derived_seed
 from mcub.media import MediaInput
 from mcub.modalities import MODALITIES
-from mcub.models.base import FirstCharacterStop, Model, PreparedBatch, Runtime, Stop, refuse_beyond_context, scored_from
+from mcub.models.base import (
+    FirstCharacterStop,
+    Model,
+    PreparedBatch,
+    Runtime,
+    Stop,
+    compute_dtype,
+    refuse_beyond_context,
+    scored_from,
+)
 from mcub.models.baseline_arguments import BlindArguments, RandomArguments
 from mcub.models.weight_hashes import small_file_hashes
 from mcub.prompts import strip_placeholders, vicuna_v1
@@ -67,7 +76,6 @@ class BlindModel(Model):
     reads_media = False
 
     def __init__(self, runtime: Runtime, arguments: BlindArguments):
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.pretrained = pretrained = arguments.pretrained
@@ -76,7 +84,7 @@ class BlindModel(Model):
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.unk_token or self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(pretrained, dtype=getattr(torch, runtime.dtype))
+        self.model = AutoModelForCausalLM.from_pretrained(pretrained, dtype=compute_dtype(runtime.dtype))
         self.model.to(runtime.device).eval()
 
     def prepare(self, samples: list[Sample], media: list[list[MediaInput]]) -> PreparedBatch:

@@ -32,6 +32,7 @@ class ModelComposeArguments(AdapterArguments):
 
     builder: ClassVar[str] = "mcub.models.modelcompose.model:ModelComposeModel"
     cuda_dtype: ClassVar[str] = "float16"  # as the authors ran every ModelCompose model
+    fp8_prefill: ClassVar[bool] = True
     # the experts' config.json place the encoders and choose their output layer
     encoder_arguments: ClassVar[frozenset[str]] = frozenset({"experts", "merged", "encoders", "point_encoder"})
 
@@ -109,6 +110,7 @@ class TinyDamcArguments(AdapterArguments):
 
     builder: ClassVar[str] = "mcub.models.modelcompose.tiny:build_tiny_damc"
     cuda_dtype: ClassVar[str] = "float16"
+    fp8_prefill: ClassVar[bool] = True
     encoder_arguments: ClassVar[frozenset[str]] = frozenset({"cache_dir"})
 
     cache_dir: str | None = None

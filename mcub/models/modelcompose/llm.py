@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Hashable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from mcub.models.modelcompose.fp8 import Fp8Switch
 from mcub.models.modelcompose.lora import LANGUAGE, RoutePlan, RoutingState
 
 
@@ -66,11 +68,13 @@ class Prefill:
 
 
 class ComposedLM:
-    """Runs a Llama whose projections are routed LoRA layers sharing `state`."""
+    """Runs a Llama whose projections are routed LoRA layers sharing `state`; with `fp8` (the switch of its FP8
+    linears, see fp8.py), prompt passes compute the projections in FP8, decoding and continuation passes in 16 bits."""
 
-    def __init__(self, llama, state: RoutingState):
+    def __init__(self, llama, state: RoutingState, fp8: Fp8Switch | None = None):
         self.llama = llama
         self.state = state
+        self.fp8 = fp8
         self._cache_keyword = (
             "cache" if "cache" in inspect.signature(llama.model.forward).parameters else "past_key_values"
         )
@@ -121,6 +125,10 @@ class ComposedLM:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         return PackedBatch(embeddings, mask, positions, RoutePlan(len(samples) * width, ranges))
 
+    def _prompt_pass(self) -> AbstractContextManager:
+        """The scope of a prompt's forward pass: FP8 projections on, when the model has them."""
+        return self.fp8.prefill() if self.fp8 is not None else nullcontext()
+
     def _forward(self, embeddings: Tensor, mask: Tensor, positions: Tensor, plan: RoutePlan | None, cache=None):
         self.state.plan = plan
         try:
@@ -139,6 +147,10 @@ class ComposedLM:
     def _prefill(self, batch: PackedBatch | SharedPrefixBatch) -> Prefill:
         """The prompt's forward pass; for a SharedPrefixBatch, the prefixes once, their cache copied to each row that
         shares one (the others see it masked out), then every row's suffix on that cache."""
+        with self._prompt_pass():
+            return self._prompt_forward(batch)
+
+    def _prompt_forward(self, batch: PackedBatch | SharedPrefixBatch) -> Prefill:
         if isinstance(batch, PackedBatch):
             hidden, cache = self._forward(batch.embeddings, batch.attention_mask, batch.position_ids, batch.plan)
             return Prefill(hidden, cache, batch.attention_mask, batch.position_ids[:, -1:])
@@ -154,13 +166,19 @@ class ComposedLM:
     def last_logits(self, batch: PackedBatch, plan: RoutePlan | None) -> Tensor:
         """The logits of each row's last position after a prefill routed by `plan` (None: the base weights alone,
         the dense forward the bench takes as its roofline)."""
-        hidden, _ = self._forward(batch.embeddings, batch.attention_mask, batch.position_ids, plan)
+        with self._prompt_pass():
+            hidden, _ = self._forward(batch.embeddings, batch.attention_mask, batch.position_ids, plan)
         return self.llama.lm_head(hidden[:, -1])
 
     @torch.inference_mode()
     def prompt_logits(self, batch: PackedBatch | SharedPrefixBatch) -> Tensor:
         """The logits of each row's last position after its prompt's prefill (shared prefixes computed once)."""
         return self.llama.lm_head(self._prefill(batch).hidden[:, -1])
+
+    @torch.inference_mode()
+    def prompt_hidden(self, batch: PackedBatch | SharedPrefixBatch) -> Tensor:
+        """The final hidden states of every position (of the suffixes, for a SharedPrefixBatch) after the prefill."""
+        return self._prefill(batch).hidden
 
     @torch.inference_mode()
     def prefill_logits(self, batch: PackedBatch | SharedPrefixBatch) -> Tensor:

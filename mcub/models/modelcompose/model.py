@@ -14,11 +14,14 @@ from mcub.errors import UnsupportedInput
 from mcub.media import MediaInput, consumed
 from mcub.modalities import Modality
 from mcub.models.base import (
+    FP8,
     Model,
     ModelError,
     PreparedBatch,
     Runtime,
     Stop,
+    compute_dtype,
+    compute_dtype_name,
     first_character_complete,
     refuse_beyond_context,
 )
@@ -53,6 +56,7 @@ class ModelComposeModel(Model):
     the encoders of its modalities only (see ModelComposeArguments)."""
 
     def __init__(self, runtime: Runtime, arguments: ModelComposeArguments):
+        check_route_weights(runtime.dtype, arguments.route_weights)
         self.runtime = runtime
         wanted = [Component("base LLM (Vicuna)", arguments.base, "base")]
         wanted += [Component(f"{m} expert", ref, f"experts.{m}") for m, ref in (arguments.experts or {}).items()]
@@ -78,7 +82,7 @@ class ModelComposeModel(Model):
         paths.update(resolve_components(unplaced, runtime.offline))
         self.base_path = paths["base LLM (Vicuna)"]
         self.encoder_paths = {m: paths[f"{m} encoder"] for m in self.composition.modalities}
-        dtype = getattr(torch, runtime.dtype)
+        dtype = compute_dtype(runtime.dtype)
         llama = load_llama(self.base_path, dtype)
         point_encoder = dict(arguments.point_encoder or {})
         encoder_modules = {
@@ -93,7 +97,11 @@ class ModelComposeModel(Model):
                 Path(arguments.feature_cache).expanduser(),
                 {
                     m: weights_fingerprint(
-                        path, m, self.composition.modalities[m].select_layer, runtime.dtype, arguments.point_encoder
+                        path,
+                        m,
+                        self.composition.modalities[m].select_layer,
+                        compute_dtype_name(runtime.dtype),  # an fp8 run's encoders compute in bfloat16
+                        arguments.point_encoder,
                     )
                     for m, path in self.encoder_paths.items()
                 },
@@ -127,17 +135,20 @@ class ModelComposeModel(Model):
         self, runtime: Runtime, composition: Composition, llama, tokenizer, encoders, route_weights: str
     ) -> None:
         """Install the routed LoRA into `llama` (merged into one weight per route when `route_weights` is
-        "merged"), load the projectors and local tokens, place everything."""
+        "merged"; for `fp8`, the FP8 prefill linears over its final base weights), load the projectors and local
+        tokens, place everything."""
+        from mcub.models.modelcompose.fp8 import install_fp8_prefill
         from mcub.models.modelcompose.language_delta import apply_language_delta, language_route_sha256
         from mcub.models.modelcompose.lora import RoutingState, install_routed_lora
         from mcub.models.modelcompose.merged_routes import merge_route_weights
         from mcub.models.modelcompose.projectors import build_projector
 
+        check_route_weights(runtime.dtype, route_weights)
         self.runtime = runtime
         self.composition = composition
         self.modalities = frozenset(composition.modalities)
         self.media_preprocessing = {m: MEDIA_PREPROCESSING[m] for m in self.modalities}
-        dtype = getattr(torch, runtime.dtype)
+        dtype = compute_dtype(runtime.dtype)
         device = torch.device(runtime.device)
         llama = llama.to(device=device, dtype=dtype).eval()
         state = RoutingState()
@@ -149,7 +160,8 @@ class ModelComposeModel(Model):
         self.route_weights = route_weights
         if route_weights == "merged":
             merge_route_weights(llama.model.layers, state, composition.routes)
-        self.lm = ComposedLM(llama, state)
+        fp8 = install_fp8_prefill(llama.model.layers) if runtime.dtype == FP8 else None
+        self.lm = ComposedLM(llama, state, fp8)
         self.tokenizer = tokenizer
         hidden = llama.config.hidden_size
         self.encoders: dict[Modality, torch.nn.Module] = {}
@@ -310,9 +322,23 @@ class ModelComposeModel(Model):
                 "feature_cache": str(self.feature_cache.directory) if self.feature_cache else None,
                 "share_prefixes": self.share_prefixes,
                 "route_weights": self.route_weights,
+                "fp8_prefill": self._fp8_prefill(),
                 "notes": self.composition.notes,
             },
         )
+
+    def _fp8_prefill(self) -> dict[str, str] | None:
+        """How an fp8 run's prefill quantises and multiplies (None: a 16-bit run)."""
+        from mcub.models.modelcompose.fp8 import gemm_name
+
+        if self.lm.fp8 is None:
+            return None
+        return {
+            "weights": "float8_e4m3fn, one scale per output channel, quantised at load",
+            "activations": "float8_e4m3fn, one scale per token",
+            "gemm": gemm_name(self.lm.llama.model.layers),
+            "compute_dtype": compute_dtype_name(self.runtime.dtype),
+        }
 
 
 def _check_stated_modalities(checkpoint: Checkpoint, stated: tuple[Modality, ...]) -> None:
@@ -322,6 +348,15 @@ def _check_stated_modalities(checkpoint: Checkpoint, stated: tuple[Modality, ...
         raise ModelError(
             f"{checkpoint.directory / 'config.json'}: configured for {found}, but the model states "
             f"modalities {'+'.join(stated)}"
+        )
+
+
+def check_route_weights(dtype: str, route_weights: str) -> None:
+    """Merged routes keep no base projection for the FP8 prefill to quantise: that pair is refused."""
+    if dtype == FP8 and route_weights == "merged":
+        raise ModelError(
+            f"dtype {FP8} quantises the base projections beside the factored routes; `route_weights: merged` keeps "
+            "none: run fp8 with the factored routes (the default) or the merged routes in 16 bits"
         )
 
 

@@ -22,6 +22,7 @@ from mcub.models.base import (
     PreparedBatch,
     Runtime,
     Stop,
+    compute_dtype,
     refuse_beyond_context,
     scored_from,
 )
@@ -92,7 +93,7 @@ class QwenOmniModel(Model):
                 arguments.pretrained, local_files_only=runtime.offline
             )
             self.model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
-                arguments.pretrained, dtype=getattr(torch, runtime.dtype), local_files_only=runtime.offline
+                arguments.pretrained, dtype=compute_dtype(runtime.dtype), local_files_only=runtime.offline
             )
         except OSError as error:
             raise ModelError(
