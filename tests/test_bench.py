@@ -4,7 +4,12 @@ import json
 import pytest
 import torch
 
-from mcub.bench import CPU_NOTE, LAYOUTS, MCUB4_LAYOUT, fps_timing, logit_agreement, main, print_table
+from mcub.bench import main
+from mcub.throughput.encoders import fps_timing
+from mcub.throughput.fp8 import logit_agreement
+from mcub.throughput.synthetic import LAYOUTS, MCUB4_LAYOUT
+from mcub.throughput.tables import print_table
+from mcub.throughput.timing import CPU_NOTE
 
 
 def test_bench_runs_the_tiny_shape_and_writes_its_ratios(tmp_path, capsys):

@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from mcub.bench import damc_adapters
 from mcub.eval import main as eval_main
 from mcub.models import base
 from mcub.models.base import ModelError, compute_dtype, load_model_specs, resolve_dtype
@@ -27,6 +26,7 @@ from mcub.models.modelcompose.llm import ComposedLM, Span
 from mcub.models.modelcompose.lora import LANGUAGE, TARGET_MODULES, RoutingState, install_routed_lora
 from mcub.models.modelcompose.tiny import tiny_damc_layout
 from mcub.request import Dtype
+from mcub.throughput.synthetic import damc_adapters
 
 # e4m3 has 3 mantissa bits: rounding moves a normal value by at most 2**-4 of itself; subnormals (below 2**-6) are
 # spaced 2**-9 apart, so they move by at most 2**-10 (in units of the row's scale).
