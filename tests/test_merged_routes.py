@@ -7,7 +7,7 @@ import torch
 from test_prefix_reuse import NAIVEMC_ROUTES, batch_rows, questions_on_shared_media, tiny, tiny_model  # noqa: F401
 from test_routed_lora import HIDDEN, ROUTES, _spans, random_adapters, tiny_llama
 
-from mcub.models.base import Runtime
+from mcub.models.base import ModelError, Runtime
 from mcub.models.modelcompose.arguments import ModelComposeArguments
 from mcub.models.modelcompose.language_delta import LanguageDeltaLinear
 from mcub.models.modelcompose.llm import ComposedLM, Span
@@ -22,8 +22,8 @@ from mcub.models.modelcompose.lora import (
     RoutingState,
     install_routed_lora,
 )
-from mcub.models.modelcompose.merged_routes import MergedRouteLinear, merge_route_weights
-from mcub.models.modelcompose.model import ModelComposeModel
+from mcub.models.modelcompose.merged_routes import MergedRouteLinear, added_bytes, merge_route_weights
+from mcub.models.modelcompose.model import ModelComposeModel, check_room_for_merged_routes
 from mcub.models.modelcompose.prefix import pack_shared, shared_prefixes
 
 
@@ -171,8 +171,6 @@ def test_merged_routes_agree_with_the_factored_ones_in_16_bits_on_cuda(dtype):
 
 
 def test_merged_routes_refuse_an_fp8_prefill(tiny):  # noqa: F811
-    from mcub.models.base import ModelError
-
     with pytest.raises(ModelError, match="fp8 with the factored routes"):
         ModelComposeModel(
             Runtime(dtype="fp8"),
@@ -181,3 +179,17 @@ def test_merged_routes_refuse_an_fp8_prefill(tiny):  # noqa: F811
                 route_weights="merged",
             ),
         )  # fmt: skip
+
+
+def test_the_memory_merged_routes_add_is_known_before_they_are_made():
+    llama = tiny_llama()
+    install_routed_lora(llama.model.layers, random_adapters(llama), ROUTES, RoutingState())
+    per_layer = sum(llama.model.layers[0].get_submodule(path).base.weight.numel() * 4 for path in TARGET_MODULES)
+    # three routes with adapters: three copies, less the base weights no route keeps
+    assert added_bytes(llama.model.layers, ROUTES) == 2 * 2 * per_layer
+    # a route without adapters keeps the base weights
+    assert added_bytes(llama.model.layers, [*ROUTES, "point"]) == 2 * 3 * per_layer
+    check_room_for_merged_routes(100, torch.device("cuda"), free=100)
+    with pytest.raises(ModelError, match="adds 0.00 GiB of merged weights on cuda, where 0.00 GiB are free"):
+        check_room_for_merged_routes(101, torch.device("cuda"), free=100)
+    check_room_for_merged_routes(10**15, torch.device("cpu"))

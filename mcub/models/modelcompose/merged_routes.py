@@ -86,6 +86,24 @@ def merge_route_weights(layers: Sequence[nn.Module], state: RoutingState, routes
             setattr(layer.get_submodule(parent_name), child_name, MergedRouteLinear(weights, base.bias, state))
 
 
+def added_bytes(layers: Sequence[nn.Module], routes: Iterable[str]) -> int:
+    """The memory `merge_route_weights` adds to the routed layers: per projection, one weight for each of `routes`
+    with adapters or the language delta, less the base weight where every route has one (the factors it frees are
+    not counted)."""
+    routes = list(routes)
+    total = 0
+    for layer in layers:
+        for path in TARGET_MODULES:
+            projection = layer.get_submodule(path)
+            delta = isinstance(projection, LanguageDeltaLinear)
+            routed = projection.inner if delta else projection
+            merged = set(routed.route_factors()) | ({LANGUAGE} if delta else set())
+            copies = sum(route in merged for route in routes) - all(route in merged for route in routes)
+            weight = routed.base.weight
+            total += copies * weight.numel() * weight.element_size()
+    return total
+
+
 def merged_weights(
     base: Tensor, factors: Mapping[str, tuple[Tensor, Tensor]], language_delta: Tensor | None
 ) -> dict[str, Tensor]:

@@ -140,7 +140,7 @@ class ModelComposeModel(Model):
         from mcub.models.modelcompose.fp8 import install_fp8_prefill
         from mcub.models.modelcompose.language_delta import apply_language_delta, language_route_sha256
         from mcub.models.modelcompose.lora import RoutingState, install_routed_lora
-        from mcub.models.modelcompose.merged_routes import merge_route_weights
+        from mcub.models.modelcompose.merged_routes import added_bytes, merge_route_weights
         from mcub.models.modelcompose.projectors import build_projector
 
         check_route_weights(runtime.dtype, route_weights)
@@ -159,6 +159,7 @@ class ModelComposeModel(Model):
         self.language_delta_sha256 = digest.hexdigest()
         self.route_weights = route_weights
         if route_weights == "merged":
+            check_room_for_merged_routes(added_bytes(llama.model.layers, composition.routes), device)
             merge_route_weights(llama.model.layers, state, composition.routes)
         fp8 = install_fp8_prefill(llama.model.layers) if runtime.dtype == FP8 else None
         self.lm = ComposedLM(llama, state, fp8)
@@ -357,6 +358,20 @@ def check_route_weights(dtype: str, route_weights: str) -> None:
         raise ModelError(
             f"dtype {FP8} quantises the base projections beside the factored routes; `route_weights: merged` keeps "
             "none: run fp8 with the factored routes (the default) or the merged routes in 16 bits"
+        )
+
+
+def check_room_for_merged_routes(needed: int, device: torch.device, free: int | None = None) -> None:
+    """Merged routes refused, before any is made, where the device has less free memory than they add (`free`: the
+    device's free bytes, asked of CUDA when not given; other devices are not checked)."""
+    if free is None:
+        if device.type != "cuda":
+            return
+        free, _ = torch.cuda.mem_get_info(device)
+    if needed > free:
+        raise ModelError(
+            f"route_weights=merged adds {needed / 2**30:.2f} GiB of merged weights on {device}, where "
+            f"{free / 2**30:.2f} GiB are free: use the factored routes (the default) or a device with more memory"
         )
 
 
