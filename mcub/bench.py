@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         "--merged-routes",
         action=argparse.BooleanOptionalAction,
         help=_by_shape("merged_routes", " (time the routes merged into one weight each, after the factored ones;"
-                       " at 7b, one more copy of the projections per route: about 65 GB more)"),
+                       " at 7b, five copies of the projections in place of one: about 52 GB more)"),
     )  # fmt: skip
     parser.add_argument(
         "--fp8",
