@@ -42,9 +42,9 @@ def factored_and_merged(routes):
 
 def test_uncovered_rows_are_the_gaps_between_and_after_the_routes():
     plan = RoutePlan(12, {LANGUAGE: [(2, 4), (9, 10)], "image": [(4, 7)]})
-    assert plan.uncovered() == [(0, 2), (7, 9), (10, 12)]
+    assert plan.uncovered == [(0, 2), (7, 9), (10, 12)]
     assert plan.uncovered_rows(torch.device("cpu")).tolist() == [0, 1, 7, 8, 10, 11]
-    assert RoutePlan.everywhere(LANGUAGE, 5).uncovered() == []
+    assert RoutePlan.everywhere(LANGUAGE, 5).uncovered == []
 
 
 def test_every_projection_holds_one_weight_per_route_and_shares_the_base_weight_of_a_route_without_adapters():
@@ -74,7 +74,7 @@ def test_merged_prefill_generation_and_options_equal_the_factored_ones(routes):
     factored, merged = factored_and_merged(routes)
     prompts = [_spans(seed=3), _spans(seed=4)[2:]]  # the second row is left-padded
     batches = [model.pack(prompts) for model in (factored, merged)]
-    assert batches[0].plan.uncovered() == [(21, 32)]
+    assert batches[0].plan.uncovered == [(21, 32)]
     mine, theirs = merged.prefill_logits(batches[1]), factored.prefill_logits(batches[0])
     assert torch.isfinite(mine).all()
     assert torch.allclose(mine[0], theirs[0], atol=1e-4)

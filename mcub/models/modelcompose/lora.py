@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 from torch import Tensor, nn
@@ -59,8 +60,9 @@ class RoutePlan:
         """The route's row indices (built once per plan and device)."""
         return self._rows(route, self.ranges[route], device)
 
+    @cached_property
     def uncovered(self) -> list[tuple[int, int]]:
-        """The [start, end) row ranges in no route (padding), in order."""
+        """The [start, end) row ranges in no route (padding), in order (worked out once per plan)."""
         covered = sorted(span for spans in self.ranges.values() for span in spans)
         gaps, position = [], 0
         for start, end in covered:
@@ -70,8 +72,8 @@ class RoutePlan:
         return gaps + ([(position, self.total_rows)] if position < self.total_rows else [])
 
     def uncovered_rows(self, device: torch.device) -> Tensor:
-        """The row indices of `uncovered()` (built once per plan and device)."""
-        return self._rows(None, self.uncovered(), device)
+        """The row indices of `uncovered` (built once per plan and device)."""
+        return self._rows(None, self.uncovered, device)
 
     def _rows(self, key: str | None, ranges: list[tuple[int, int]], device: torch.device) -> Tensor:
         if (key, device) not in self._indices:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from mcub.models.modelcompose.language_delta import LanguageDeltaLinear
-from mcub.models.modelcompose.lora import LANGUAGE, TARGET_MODULES, RoutedLoraLinear, RoutePlan, RoutingState, sliced
+from mcub.models.modelcompose.lora import LANGUAGE, TARGET_MODULES, RoutedLoraLinear, RoutingState, sliced
 
 
 class MergedRouteLinear(nn.Module):
@@ -40,14 +40,16 @@ class MergedRouteLinear(nn.Module):
         return getattr(self, f"w{self.route_names.index(name)}")
 
     def forward(self, x: Tensor) -> Tensor:
+        plan = self.state.plan
+        if plan is None:  # every row on the default route (a decoding step, a continuation pass)
+            return nn.functional.linear(x, self.weight_of(self.state.default_route), self.bias)
         rows = x.reshape(-1, x.shape[-1])
-        plan = self.state.plan or RoutePlan.everywhere(self.state.default_route, rows.shape[0])
         if len(plan.ranges) == 1:
             [(route, ranges)] = plan.ranges.items()
             if ranges == [(0, rows.shape[0])]:
                 return nn.functional.linear(x, self.weight_of(route), self.bias)
         out = rows.new_empty(rows.shape[0], self.out_features)
-        for route, ranges in [*plan.ranges.items(), (None, plan.uncovered())]:
+        for route, ranges in [*plan.ranges.items(), (None, plan.uncovered)]:
             if not ranges:
                 continue
             weight = self.weight_of(route)
