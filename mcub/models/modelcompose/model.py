@@ -363,11 +363,13 @@ def check_route_weights(dtype: str, route_weights: str) -> None:
 
 def check_room_for_merged_routes(needed: int, device: torch.device, free: int | None = None) -> None:
     """Merged routes refused, before any is made, where the device has less free memory than they add (`free`: the
-    device's free bytes, asked of CUDA when not given; other devices are not checked)."""
+    device's free bytes, asked of CUDA when not given, counting what torch's allocator holds unused as free; other
+    devices are not checked)."""
     if free is None:
         if device.type != "cuda":
             return
-        free, _ = torch.cuda.mem_get_info(device)
+        unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        free = torch.cuda.mem_get_info(device)[0] + unused
     if needed > free:
         raise ModelError(
             f"route_weights=merged adds {needed / 2**30:.2f} GiB of merged weights on {device}, where "
