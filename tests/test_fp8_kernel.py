@@ -160,7 +160,10 @@ def test_the_cuda_scale_differs_from_the_cpu_division():
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
-def test_kernel_compiles_for_sm90_with_exact_float32_arithmetic(dtype):
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "strided"])
+def test_kernel_compiles_for_sm90_with_exact_float32_arithmetic(dtype, contiguous):
+    """As a launch specialises it: contiguous rows of 11,008 features at 16-byte aligned addresses (stride 1 a
+    constant, sizes and pointers divisible by 16) read and write 16 bytes at a time; a strided view compiles too."""
     triton = pytest.importorskip("triton", reason="the FP8 quantisation kernel is written in Triton")
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -168,9 +171,11 @@ def test_kernel_compiles_for_sm90_with_exact_float32_arithmetic(dtype):
     from mcub.models.modelcompose import fp8_kernel
 
     options = fp8_kernel.launch_options(11008)
-    signature = {"x_ptr": f"*{dtype}", "q_ptr": "*u8", "scale_ptr": "*fp32", "features": "i32"}
-    signature |= {"stride_row": "i32", "stride_feature": "i32", "scale_factor": "fp32", "BLOCK": "constexpr"}
-    source = ASTSource(fn=fp8_kernel._quantise_rows, signature=signature, constexprs={"BLOCK": options["BLOCK"]})
+    signature = {"x_ptr": f"*{dtype}", "q_ptr": "*u8", "scale_ptr": "*fp32", "features": "i32", "stride_row": "i32"}
+    signature |= {"stride_feature": "constexpr" if contiguous else "i32", "scale_factor": "fp32", "BLOCK": "constexpr"}
+    constants = {"BLOCK": options["BLOCK"]} | ({"stride_feature": 1} if contiguous else {})
+    aligned = {(index,): [["tt.divisibility", 16]] for index in range(5)}
+    source = ASTSource(fn=fp8_kernel._quantise_rows, signature=signature, constexprs=constants, attrs=aligned)
     compiled = triton.compile(
         source, target=GPUTarget("cuda", 90, 32), options={k: v for k, v in options.items() if k != "BLOCK"}
     )
@@ -180,6 +185,8 @@ def test_kernel_compiles_for_sm90_with_exact_float32_arithmetic(dtype):
     assert "fma." not in ptx and ".ftz" not in ptx and "div.approx" not in ptx and "div.full" not in ptx
     assert not re.search(r"\b(add|sub|mul)\.f32\b", ptx)  # without .rn, ptxas itself may fuse them
     assert not re.search(r"\bcvt\.[a-z.]*e4m3", ptx)  # the rounding is on the bits
+    vectorised = re.search(r"\bld\.global\.v4\.b32\b", ptx) and re.search(r"\bst\.global\.v4\.b32\b", ptx)
+    assert bool(vectorised) == contiguous
 
 
 def test_kernel_refuses_what_it_does_not_take():
@@ -223,5 +230,6 @@ def test_kernel_writes_the_torch_paths_bytes_and_scales_on_cuda(dtype):
         expected = torch_quantise_rows(x)
         assert_same_quantisation(fp8_kernel.kernel_quantise_rows(x), expected, f"{dtype} {name}")
         assert_same_quantisation(quantise_rows(x), expected, f"{dtype} {name} (dispatch)")
+        on_cpu = [t.cpu().contiguous() for t in expected]
         if name != "non-finite":  # the CPU's NaN signs are its own
-            assert_same_quantisation([t.cpu() for t in expected], cuda_reference(x.cpu()), f"{dtype} {name} (ATen)")
+            assert_same_quantisation(on_cpu, cuda_reference(x.cpu()), f"{dtype} {name} (ATen's CUDA scale)")
