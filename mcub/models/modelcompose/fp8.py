@@ -15,6 +15,7 @@ to the order of float32 accumulation, without the speed-up."""
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -58,8 +59,22 @@ class Fp8Switch:
 
 
 def quantise_rows(x: Tensor) -> tuple[Tensor, Tensor]:
-    """A 2-D tensor in float8_e4m3fn with one float32 scale per row (shape rows x 1): x ~ q * scale. The values are
-    divided in float32 (a 16-bit x is promoted), in few passes over memory: this runs on every prefill's inputs."""
+    """A 2-D tensor in float8_e4m3fn with one float32 scale per row (shape rows x 1): x ~ q * scale; this runs on
+    every prefill's inputs. CUDA tensors the Triton kernel takes (`fp8_kernel.supports`: float32, float16 or
+    bfloat16) are quantised in one launch with the bytes and scales of `torch_quantise_rows` on that device; the
+    rest (CPU, float64, no triton) take `torch_quantise_rows`."""
+    if x.is_cuda and importlib.util.find_spec("triton") is not None:
+        from mcub.models.modelcompose import fp8_kernel
+
+        if fp8_kernel.supports(x):
+            return fp8_kernel.kernel_quantise_rows(x)
+    return torch_quantise_rows(x)
+
+
+def torch_quantise_rows(x: Tensor) -> tuple[Tensor, Tensor]:
+    """`quantise_rows` in eager torch: the values are divided in float32 (a 16-bit x is promoted). On CUDA, ATen
+    computes `amax / FP8_MAX` as amax times float32(1 / 448), on the CPU as a division: about half of all scales
+    differ in their last bit between the two devices."""
     amax = torch.linalg.vector_norm(x, float("inf"), dim=-1, keepdim=True).float()
     scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
     return (x / scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale
