@@ -3,13 +3,11 @@ the torch path as ATen computes it on CUDA, compiled for sm_90, and on a CUDA de
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
+from triton_interpreter import interpret
 
 from mcub.models.modelcompose.fp8 import FP8_DTYPE, FP8_MAX, quantise_rows, torch_quantise_rows
 
@@ -80,20 +78,7 @@ def cuda_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def interpreted(tmp_path_factory) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The kernel's bytes and scales for every case of every dtype, by Triton's interpreter: a child per dtype."""
     pytest.importorskip("triton", reason="the FP8 quantisation kernel is written in Triton")
-    folder = tmp_path_factory.mktemp("fp8")
-    environment = {**os.environ, "TRITON_INTERPRET": "1"}
-    children = []
-    for dtype in DTYPES:
-        inputs, outputs = folder / f"{dtype}-cases.pt", folder / f"{dtype}-quantised.pt"
-        torch.save({f"{dtype} {name}": x for name, x in cases(dtype).items()}, inputs)
-        command = [sys.executable, "-c", INTERPRET, str(inputs), str(outputs)]
-        children.append((subprocess.Popen(command, env=environment, stderr=subprocess.PIPE, text=True), outputs))
-    quantised = {}
-    for child, outputs in children:
-        _, errors = child.communicate(timeout=120)
-        assert child.returncode == 0, errors
-        quantised |= torch.load(outputs, weights_only=True)
-    return quantised
+    return interpret(tmp_path_factory.mktemp("fp8"), INTERPRET, {dtype: cases(dtype) for dtype in DTYPES})
 
 
 def assert_same_quantisation(got, expected, name):

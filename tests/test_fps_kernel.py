@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
+from triton_interpreter import interpret
 
 from mcub.models.modelcompose.encoders.pointbert import (
     farthest_point_sample,
@@ -80,20 +78,7 @@ def cuda_order_reference(xyz: torch.Tensor, count: int, start: int) -> torch.Ten
 def interpreted(tmp_path_factory) -> dict[str, torch.Tensor]:
     """The kernel's picks for every case of every dtype, by Triton's interpreter: a child process per dtype."""
     pytest.importorskip("triton", reason="the FPS kernel is written in Triton")
-    folder = tmp_path_factory.mktemp("fps")
-    environment = {**os.environ, "TRITON_INTERPRET": "1"}
-    children = []
-    for dtype in DTYPES:
-        inputs, outputs = folder / f"{dtype}-cases.pt", folder / f"{dtype}-picks.pt"
-        torch.save({f"{dtype} {name}": case for name, case in cases(dtype).items()}, inputs)
-        command = [sys.executable, "-c", INTERPRET, str(inputs), str(outputs)]
-        children.append((subprocess.Popen(command, env=environment, stderr=subprocess.PIPE, text=True), outputs))
-    picks = {}
-    for child, outputs in children:
-        _, errors = child.communicate(timeout=120)
-        assert child.returncode == 0, errors
-        picks |= torch.load(outputs, weights_only=True)
-    return picks
+    return interpret(tmp_path_factory.mktemp("fps"), INTERPRET, {dtype: cases(dtype) for dtype in DTYPES})
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
