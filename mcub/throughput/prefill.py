@@ -27,15 +27,21 @@ def music_avqa_prefill(model, samples, prefill, device: str, warmup: int, iterat
     shared = pack_shared(model, samples, groups)
     composed_s = seconds_per_call(lambda: prefill(whole, whole.plan), device, warmup, iterations)
     shared_s = seconds_per_call(lambda: model.prompt_logits(shared), device, warmup, iterations)
-    reference, reused = prefill(whole, whole.plan).float(), model.prompt_logits(shared).float()
+    difference, agreement = last_logit_agreement(model.prompt_logits(shared), prefill(whole, whole.plan))
     return {
         "composed_s": composed_s,
         "composed_shared_prefixes_s": shared_s,
         "shared_positions": [group.positions for group in groups],
         "samples_sharing": sum(len(group.rows) for group in groups),
-        "shared_max_logit_difference": float((reused - reference).abs().max()),
-        "shared_argmax_agreement": float((reused.argmax(-1) == reference.argmax(-1)).float().mean()),
+        "shared_max_logit_difference": difference,
+        "shared_argmax_agreement": agreement,
     }
+
+
+def last_logit_agreement(found, expected) -> tuple[float, float]:
+    """The largest |difference| of two batches' last logits, and the share of rows whose argmaxes agree."""
+    found, expected = found.float(), expected.float()
+    return float((found - expected).abs().max()), float((found.argmax(-1) == expected.argmax(-1)).float().mean())
 
 
 def merged_routes_prefill(model, routes, batches, prefill, device: str, warmup: int, iterations: int
@@ -45,16 +51,16 @@ def merged_routes_prefill(model, routes, batches, prefill, device: str, warmup: 
     installed, merged here)."""
     from mcub.models.modelcompose.merged_routes import merge_route_weights
 
-    factored = {size: prefill(batch, batch.plan).float() for size, batch in batches.items()}
+    factored = {size: prefill(batch, batch.plan) for size, batch in batches.items()}
     merge_route_weights(model.llama.model.layers, model.state, routes)
     timed = {}
     for size, batch in batches.items():
         seconds = seconds_per_call(lambda b=batch: prefill(b, b.plan), device, warmup, iterations)
-        merged = prefill(batch, batch.plan).float()
+        difference, agreement = last_logit_agreement(prefill(batch, batch.plan), factored[size])
         timed[size] = {
             "merged_routes_s": seconds,
-            "merged_max_logit_difference": float((merged - factored[size]).abs().max()),
-            "merged_argmax_agreement": float((merged.argmax(-1) == factored[size].argmax(-1)).float().mean()),
+            "merged_max_logit_difference": difference,
+            "merged_argmax_agreement": agreement,
         }
     return timed
 

@@ -75,17 +75,22 @@ def merge_route_weights(layers: Sequence[nn.Module], state: RoutingState, routes
     routes = list(routes)
     for layer in layers:
         for path in TARGET_MODULES:
-            projection = layer.get_submodule(path)
-            delta = None
-            if isinstance(projection, LanguageDeltaLinear):
-                projection, delta = projection.inner, projection.delta
-            if not isinstance(projection, RoutedLoraLinear):
-                raise TypeError(f"{path} is a {type(projection).__name__}, not a routed projection")
+            projection, delta = routed_parts(layer, path)
             base = projection.base
             merged = merged_weights(base.weight, projection.route_factors(), delta)
             weights = {route: merged.get(route, base.weight) for route in routes}
             parent_name, _, child_name = path.rpartition(".")
             setattr(layer.get_submodule(parent_name), child_name, MergedRouteLinear(weights, base.bias, state))
+
+
+def routed_parts(layer: nn.Module, path: str) -> tuple[RoutedLoraLinear, Tensor | None]:
+    """The routed projection at `path` of a decoder layer, and the dense language delta applied beside it (if any)."""
+    projection, delta = layer.get_submodule(path), None
+    if isinstance(projection, LanguageDeltaLinear):
+        projection, delta = projection.inner, projection.delta
+    if not isinstance(projection, RoutedLoraLinear):
+        raise TypeError(f"{path} is a {type(projection).__name__}, not a routed projection")
+    return projection, delta
 
 
 def added_bytes(layers: Sequence[nn.Module], routes: Iterable[str]) -> int:
@@ -96,10 +101,8 @@ def added_bytes(layers: Sequence[nn.Module], routes: Iterable[str]) -> int:
     total = 0
     for layer in layers:
         for path in TARGET_MODULES:
-            projection = layer.get_submodule(path)
-            delta = isinstance(projection, LanguageDeltaLinear)
-            routed = projection.inner if delta else projection
-            merged = set(routed.route_factors()) | ({LANGUAGE} if delta else set())
+            routed, delta = routed_parts(layer, path)
+            merged = set(routed.route_factors()) | ({LANGUAGE} if delta is not None else set())
             copies = sum(route in merged for route in routes) - all(route in merged for route in routes)
             weight = routed.base.weight
             total += copies * weight.numel() * weight.element_size()
@@ -113,4 +116,5 @@ def merged_weights(
     deltas = {route: b.to(torch.float32) @ a.to(torch.float32) for route, (a, b) in factors.items()}
     if language_delta is not None:
         deltas[LANGUAGE] = deltas.get(LANGUAGE, 0) + language_delta.to(torch.float32)
-    return {route: (base.to(torch.float32) + delta).to(base.dtype) for route, delta in deltas.items()}
+    base32 = base.to(torch.float32)
+    return {route: (base32 + delta).to(base.dtype) for route, delta in deltas.items()}

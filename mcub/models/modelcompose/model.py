@@ -123,6 +123,7 @@ class ModelComposeModel(Model):
     ) -> ModelComposeModel:
         """A model from parts already in memory (benchmarks with random weights), without a feature cache until one
         is set as `feature_cache`."""
+        check_route_weights(runtime.dtype, route_weights)
         model = cls.__new__(cls)
         model.base_path = None
         model.encoder_paths = {}
@@ -143,7 +144,6 @@ class ModelComposeModel(Model):
         from mcub.models.modelcompose.merged_routes import added_bytes, merge_route_weights
         from mcub.models.modelcompose.projectors import build_projector
 
-        check_route_weights(runtime.dtype, route_weights)
         self.runtime = runtime
         self.composition = composition
         self.modalities = frozenset(composition.modalities)
