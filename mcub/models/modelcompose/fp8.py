@@ -15,13 +15,14 @@ to the order of float32 accumulation, without the speed-up."""
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from mcub.models.modelcompose.triton_support import on_triton_device
 
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8_DTYPE).max
@@ -63,7 +64,7 @@ def quantise_rows(x: Tensor) -> tuple[Tensor, Tensor]:
     every prefill's inputs. CUDA tensors the Triton kernel takes (`fp8_kernel.supports`: float32, float16 or
     bfloat16) are quantised in one launch with the bytes and scales of `torch_quantise_rows` on that device; the
     rest (CPU, float64, no triton) take `torch_quantise_rows`."""
-    if x.is_cuda and importlib.util.find_spec("triton") is not None:
+    if on_triton_device(x):
         from mcub.models.modelcompose import fp8_kernel
 
         if fp8_kernel.supports(x):

@@ -7,7 +7,6 @@ or an index drawn from `seed`) instead of a random one, so the same cloud always
 
 from __future__ import annotations
 
-import importlib.util
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mcub.errors import CheckpointError
+from mcub.models.modelcompose.triton_support import on_triton_device
 
 NESTED_PREFIX = "module.point_encoder."
 """Prefix of the encoder's keys under `state_dict` in PointLLM's (ULIP-style) checkpoint."""
@@ -62,7 +62,7 @@ def farthest_point_sample(xyz: Tensor, count: int, seed: int | None = None) -> T
     if count < 1:
         raise ValueError(f"farthest-point sampling needs a count of at least 1, got {count}")
     start = fps_start_index(xyz.shape[1], seed)
-    if xyz.is_cuda and importlib.util.find_spec("triton") is not None:
+    if on_triton_device(xyz):
         from mcub.models.modelcompose.encoders import fps_kernel
 
         if fps_kernel.supports(xyz):
